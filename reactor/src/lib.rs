@@ -1,0 +1,1 @@
+//! sluice runtime: reactors, io_uring block devices, and the NBD export server.

@@ -1,0 +1,1 @@
+//! sluice control plane: JSON-RPC 2.0 server and method dispatch.
