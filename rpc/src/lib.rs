@@ -1,1 +1,6 @@
 //! sluice control plane: JSON-RPC 2.0 server and method dispatch.
+
+pub mod cli;
+pub mod client;
+pub mod jsonrpc;
+pub mod size;

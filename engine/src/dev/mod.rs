@@ -33,7 +33,7 @@ pub trait BlockDev {
 /// Reject I/O that is misaligned or past the end, before it reaches a device.
 pub(crate) fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
     let bs = BLOCK_SIZE as u64;
-    if offset % bs != 0 || len as u64 % bs != 0 {
+    if !offset.is_multiple_of(bs) || !(len as u64).is_multiple_of(bs) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("misaligned I/O: offset {offset} len {len}"),

@@ -1,0 +1,45 @@
+//! On-disk layout of a pool: header and geometry, the volume catalog, zone
+//! superblocks and bitmaps. Every structure carries a magic and a crc32c so a
+//! bit flip is reported, naming the structure and block, never trusted.
+//!
+//! ```text
+//! block 0                 pool header (geometry, UUID)
+//! blocks 1..1+C           volume catalog, copy A   (C = CATALOG_BLOCKS)
+//! blocks 1+C..1+2C        volume catalog, copy B
+//! zone 0, zone 1, ...     each zone_blocks long, starting at zone0_start
+//!
+//! zone (relative blocks):
+//!   0, 1                  superblock slots A/B (slot = generation % 2)
+//!   2 ..                  bitmap copy A, then copy B (bm_blocks each; paired with the slot)
+//!   log_start ..          circular intent log (log_blocks)
+//!   meta_start ..         B+tree node area (meta_blocks)
+//!   data_start .. end     chunk data
+//! ```
+
+pub mod catalog;
+pub mod header;
+pub mod superblock;
+
+pub use catalog::{Catalog, Compression, VolumeEntry, VOL_DELETING, VOL_READ_ONLY};
+pub use header::{Geometry, PoolHeader, FORMAT_VERSION};
+pub use superblock::{Superblock, ZoneCounters};
+
+/// Special rmap owners: who owns a block that is not volume data.
+pub mod owner {
+    pub const ZONE_HEADER: u64 = u64::MAX - 1;
+    pub const LOG: u64 = u64::MAX - 2;
+    pub const METADATA: u64 = u64::MAX - 3;
+    pub const POOL_HEADER: u64 = u64::MAX - 4;
+    /// Lowest special owner; volume ids are below it.
+    pub const FIRST_SPECIAL: u64 = POOL_HEADER;
+
+    pub fn name(o: u64) -> String {
+        match o {
+            ZONE_HEADER => "zone-header".into(),
+            LOG => "log".into(),
+            METADATA => "metadata".into(),
+            POOL_HEADER => "pool-header".into(),
+            v => format!("volume:{v}"),
+        }
+    }
+}

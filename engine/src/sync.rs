@@ -1,0 +1,337 @@
+//! Single-threaded async synchronisation: a FIFO mutex and a keyed
+//! reader/writer lock. A zone's state is touched by one thread only, so these
+//! are plain cells plus wakers — no atomics, no OS locks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::hash::Hash;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+struct Waiter {
+    write: bool,
+    granted: Rc<Cell<bool>>,
+    waker: Option<Waker>,
+}
+
+#[derive(Default)]
+struct LockState {
+    writer: bool,
+    readers: u32,
+    queue: VecDeque<Waiter>,
+}
+
+impl LockState {
+    fn idle(&self) -> bool {
+        !self.writer && self.readers == 0 && self.queue.is_empty()
+    }
+
+    /// Grant the lock to waiters at the head of the queue, in order.
+    fn grant(&mut self) {
+        while let Some(w) = self.queue.front() {
+            let ok = if w.write {
+                !self.writer && self.readers == 0
+            } else {
+                !self.writer
+            };
+            if !ok {
+                break;
+            }
+            let Some(mut w) = self.queue.pop_front() else { break };
+            if w.write {
+                self.writer = true;
+            } else {
+                self.readers += 1;
+            }
+            w.granted.set(true);
+            if let Some(k) = w.waker.take() {
+                k.wake();
+            }
+            if self.writer {
+                break;
+            }
+        }
+    }
+}
+
+/// A reader/writer lock per key, FIFO-fair: a reader queued behind a writer
+/// waits for it, so reads of a chunk see every write submitted before them.
+pub struct KeyedRwLock<K: Hash + Eq + Copy> {
+    map: RefCell<HashMap<K, LockState>>,
+}
+
+impl<K: Hash + Eq + Copy> Default for KeyedRwLock<K> {
+    fn default() -> Self {
+        KeyedRwLock {
+            map: RefCell::new(HashMap::new()),
+        }
+    }
+}
+
+/// Held lock; releases on drop (also when the owning future is dropped).
+pub struct KeyGuard<'a, K: Hash + Eq + Copy> {
+    lock: &'a KeyedRwLock<K>,
+    key: K,
+    write: bool,
+}
+
+impl<K: Hash + Eq + Copy> KeyedRwLock<K> {
+    pub async fn read(&self, key: K) -> KeyGuard<'_, K> {
+        self.acquire(key, false).await
+    }
+
+    pub async fn write(&self, key: K) -> KeyGuard<'_, K> {
+        self.acquire(key, true).await
+    }
+
+    /// Whether anyone holds or waits for `key` (tests, diagnostics).
+    pub fn is_busy(&self, key: K) -> bool {
+        self.map.borrow().get(&key).is_some_and(|s| !s.idle())
+    }
+
+    async fn acquire(&self, key: K, write: bool) -> KeyGuard<'_, K> {
+        let granted = Rc::new(Cell::new(false));
+        {
+            let mut map = self.map.borrow_mut();
+            let st = map.entry(key).or_default();
+            st.queue.push_back(Waiter {
+                write,
+                granted: granted.clone(),
+                waker: None,
+            });
+            st.grant();
+        }
+        let mut guard = PendingGuard {
+            lock: self,
+            key,
+            granted: granted.clone(),
+            write,
+            done: false,
+        };
+        poll_fn(|cx| {
+            if granted.get() {
+                return Poll::Ready(());
+            }
+            let mut map = self.map.borrow_mut();
+            if let Some(st) = map.get_mut(&key) {
+                for w in st.queue.iter_mut() {
+                    if Rc::ptr_eq(&w.granted, &granted) {
+                        w.waker = Some(cx.waker().clone());
+                    }
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        guard.done = true;
+        KeyGuard {
+            lock: self,
+            key,
+            write,
+        }
+    }
+
+    fn release(&self, key: K, write: bool) {
+        let mut map = self.map.borrow_mut();
+        if let Some(st) = map.get_mut(&key) {
+            if write {
+                st.writer = false;
+            } else {
+                st.readers -= 1;
+            }
+            st.grant();
+            if st.idle() {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+/// Cleans up a waiter whose future was dropped before or after being granted.
+struct PendingGuard<'a, K: Hash + Eq + Copy> {
+    lock: &'a KeyedRwLock<K>,
+    key: K,
+    granted: Rc<Cell<bool>>,
+    write: bool,
+    done: bool,
+}
+
+impl<K: Hash + Eq + Copy> Drop for PendingGuard<'_, K> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.granted.get() {
+            self.lock.release(self.key, self.write);
+            return;
+        }
+        let mut map = self.lock.map.borrow_mut();
+        if let Some(st) = map.get_mut(&self.key) {
+            st.queue.retain(|w| !Rc::ptr_eq(&w.granted, &self.granted));
+            st.grant();
+            if st.idle() {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl<K: Hash + Eq + Copy> Drop for KeyGuard<'_, K> {
+    fn drop(&mut self) {
+        self.lock.release(self.key, self.write);
+    }
+}
+
+/// A FIFO async mutex for one thread.
+#[derive(Default)]
+pub struct LocalMutex {
+    inner: KeyedRwLock<()>,
+}
+
+pub type LocalGuard<'a> = KeyGuard<'a, ()>;
+
+impl LocalMutex {
+    pub async fn lock(&self) -> LocalGuard<'_> {
+        self.inner.write(()).await
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.inner.is_busy(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::LocalPool;
+    use futures::task::LocalSpawnExt;
+
+    /// A gate per task: the task holds its lock until its gate opens.
+    struct Gates {
+        open: Vec<Cell<bool>>,
+        wakers: RefCell<Vec<Option<Waker>>>,
+    }
+
+    impl Gates {
+        fn new(n: usize) -> Rc<Self> {
+            Rc::new(Gates {
+                open: (0..n).map(|_| Cell::new(false)).collect(),
+                wakers: RefCell::new(vec![None; n]),
+            })
+        }
+        async fn wait(&self, i: usize) {
+            poll_fn(|cx| {
+                if self.open[i].get() {
+                    Poll::Ready(())
+                } else {
+                    self.wakers.borrow_mut()[i] = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await
+        }
+        fn release(&self, i: usize) {
+            self.open[i].set(true);
+            if let Some(w) = self.wakers.borrow_mut()[i].take() {
+                w.wake();
+            }
+        }
+    }
+
+    #[test]
+    fn writers_exclusive_readers_fifo() {
+        let lock = Rc::new(KeyedRwLock::<u32>::default());
+        let log = Rc::new(RefCell::new(Vec::<String>::new()));
+        let mut pool = LocalPool::new();
+        let sp = pool.spawner();
+        let gates = Gates::new(5);
+        for (i, w) in [(0, true), (1, false), (2, false), (3, true), (4, false)] {
+            let (lock, log, gates) = (lock.clone(), log.clone(), gates.clone());
+            sp.spawn_local(async move {
+                let _g = if w { lock.write(7).await } else { lock.read(7).await };
+                log.borrow_mut().push(format!("start{i}"));
+                gates.wait(i).await;
+                log.borrow_mut().push(format!("end{i}"));
+            })
+            .unwrap();
+        }
+        let step = |pool: &mut LocalPool, open: &[usize]| {
+            for &i in open {
+                gates.release(i);
+            }
+            pool.run_until_stalled();
+            log.borrow().join(",")
+        };
+        assert_eq!(step(&mut pool, &[]), "start0");
+        // writer 0 done: readers 1 and 2 hold the lock together; writer 3 waits.
+        assert_eq!(step(&mut pool, &[0]), "start0,end0,start1,start2");
+        assert_eq!(step(&mut pool, &[2]), "start0,end0,start1,start2,end2");
+        // reader 4 queued behind writer 3 must not jump ahead of it.
+        assert_eq!(step(&mut pool, &[1]), "start0,end0,start1,start2,end2,end1,start3");
+        assert_eq!(step(&mut pool, &[3, 4]), "start0,end0,start1,start2,end2,end1,start3,end3,start4,end4");
+        assert!(!lock.is_busy(7));
+    }
+
+    #[test]
+    fn dropped_waiter_does_not_wedge() {
+        let lock = KeyedRwLock::<u32>::default();
+        futures::executor::block_on(async {
+            let g = lock.write(1).await;
+            {
+                let fut = lock.write(1);
+                futures::pin_mut!(fut);
+                assert!(futures::poll!(fut.as_mut()).is_pending());
+            }
+            drop(g);
+            let _g2 = lock.write(1).await;
+        });
+        assert!(!lock.is_busy(1));
+    }
+}
+
+/// An async mutex owning its value, for state that must stay consistent
+/// across `.await` points (a zone's trees during a multi-step update).
+pub struct Mutex<T> {
+    lock: LocalMutex,
+    val: std::cell::UnsafeCell<T>,
+}
+
+pub struct MutexGuard<'a, T> {
+    _g: LocalGuard<'a>,
+    val: &'a std::cell::UnsafeCell<T>,
+}
+
+impl<T> Mutex<T> {
+    pub fn new(v: T) -> Self {
+        Mutex {
+            lock: LocalMutex::default(),
+            val: std::cell::UnsafeCell::new(v),
+        }
+    }
+
+    pub async fn lock(&self) -> MutexGuard<'_, T> {
+        let g = self.lock.lock().await;
+        MutexGuard { _g: g, val: &self.val }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.val.into_inner()
+    }
+}
+
+impl<T> std::ops::Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the exclusive lock; Mutex is !Sync (UnsafeCell),
+        // so no other thread can reach the value.
+        unsafe { &*self.val.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above; exactly one guard exists at a time.
+        unsafe { &mut *self.val.get() }
+    }
+}

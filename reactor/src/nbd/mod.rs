@@ -1,0 +1,39 @@
+//! NBD protocol layer of the export server, written sans-IO.
+//!
+//! This module owns the NetworkBlockDevice protocol (`doc/proto.md`) and
+//! nothing else: it turns received bytes into decisions and decisions into
+//! bytes to send, and never touches a socket, a thread or storage. The
+//! io_uring reactors drive it (and so does the blocking reference server in
+//! `reactor/tests/nbd_common`), in the same spirit as crucible's synchronous
+//! `apply()`: the state machine is a plain value the driver feeds.
+//!
+//! * [`proto`] — wire constants (magics, flags, option/reply/info codes,
+//!   commands, structured reply types, errno values), [`Errno`],
+//!   [`Command`] and the fatal [`ProtocolError`].
+//! * [`handshake`] — the fixed-newstyle negotiation state machine
+//!   ([`Handshake`]) over an [`ExportCatalog`], ending in [`Negotiated`].
+//! * [`transmission`] — request header parsing, request validation, and
+//!   encoding of simple and structured replies (with header-only variants
+//!   for zero-copy sends).
+//!
+//! A connection's life: send [`Handshake::greeting`]; loop `feed` /
+//! `take_output` until [`HandshakeState::Done`]; then loop
+//! [`parse_request`] → read the WRITE payload → [`validate`] → do the I/O →
+//! encode the reply. Replies may go out in any order; each carries its
+//! request's handle.
+
+pub mod handshake;
+pub mod proto;
+pub mod transmission;
+
+pub use handshake::{
+    transmission_flags, CloseReason, ExportCatalog, ExportInfo, Handshake, HandshakeState,
+    Negotiated, BASE_ALLOCATION_CONTEXT_ID,
+};
+pub use proto::{Command, Errno, ProtocolError};
+pub use transmission::{
+    encode_block_status, encode_chunk_header, encode_error_chunk, encode_error_offset_chunk,
+    encode_error_reply, encode_none, encode_offset_data, encode_offset_data_header,
+    encode_offset_hole, encode_simple_reply, encode_simple_reply_header, parse_request, validate,
+    Extent, Request, OFFSET_DATA_HEADER_LEN,
+};

@@ -1,0 +1,767 @@
+//! Sans-IO transmission phase: request decoding, request validation, and
+//! reply encoding.
+//!
+//! This file owns the 28-byte request header ([`parse_request`]), the rules
+//! that decide which error a request gets before it reaches storage
+//! ([`validate`]), and every reply frame the server sends: simple replies
+//! and the structured reply chunks `OFFSET_DATA`, `OFFSET_HOLE`, `NONE`,
+//! `ERROR`, `ERROR_OFFSET` and `BLOCK_STATUS`.
+//!
+//! Zero copy: a WRITE's payload is not part of the parsed request — the
+//! caller reads [`Request::payload_len`] bytes straight into its own (e.g.
+//! registered, 4 KiB-aligned) buffer. Likewise, for replies that carry data
+//! the `encode_*_header` functions return just the small header, so a driver
+//! can send `[header, data]` as an iovec without copying the data; the
+//! `encode_*` variants that append to a `Vec<u8>` are for small replies and
+//! tests.
+//!
+//! Framing rules (from the spec) that callers must follow:
+//! * Without structured replies, every reply is simple; a READ error reply
+//!   carries no payload.
+//! * With structured replies, READ and BLOCK_STATUS must be answered with
+//!   structured chunks (even errors); other commands may use a simple reply
+//!   when there is no payload. [`encode_error_reply`] picks the right form.
+//! * Exactly one chunk of a structured reply carries `NBD_REPLY_FLAG_DONE`,
+//!   and it is the last one sent for that handle.
+//! * `NBD_CMD_DISC` gets no reply.
+
+use super::handshake::{truncate_str, Negotiated};
+use super::proto::*;
+
+/// A decoded request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Opaque client cookie, echoed in every reply to this request.
+    pub handle: u64,
+    pub cmd: Command,
+    /// Command flags (`CMD_FLAG_*`).
+    pub flags: u16,
+    pub offset: u64,
+    pub length: u32,
+}
+
+impl Request {
+    /// Bytes of payload that follow this header on the wire: `length` for
+    /// WRITE, 0 otherwise. The caller must consume them even when
+    /// [`validate`] rejects the request, or the stream falls out of sync.
+    /// (Payloads above [`MAX_BLOCK_SIZE`] never get this far:
+    /// [`parse_request`] fails instead.)
+    pub fn payload_len(&self) -> usize {
+        match self.cmd {
+            Command::Write => self.length as usize,
+            _ => 0,
+        }
+    }
+
+    pub fn has_flag(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// Whether the reply must be a structured reply (READ and BLOCK_STATUS
+    /// once structured replies are negotiated).
+    pub fn needs_structured_reply(&self, neg: &Negotiated) -> bool {
+        neg.structured_replies && matches!(self.cmd, Command::Read | Command::BlockStatus)
+    }
+}
+
+/// Decode one request header from the front of `buf`.
+///
+/// Returns `Ok(None)` until all 28 header bytes are present (a bad magic is
+/// reported as soon as its 4 bytes are there), and otherwise the request and
+/// the number of header bytes consumed ([`REQUEST_HEADER_LEN`]); the WRITE
+/// payload, if any, follows. Errors mean the stream cannot be trusted and
+/// the connection must be closed:
+/// * a bad magic (we are out of sync), or
+/// * a WRITE whose payload exceeds [`MAX_BLOCK_SIZE`]: skipping up to 4 GiB
+///   of attacker-chosen data is not worth the risk, and the spec allows a
+///   hard disconnect for payloads it deems a denial of service.
+pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError> {
+    if let Some(m) = buf.get(0..4) {
+        let magic = u32::from_be_bytes([m[0], m[1], m[2], m[3]]);
+        if magic != REQUEST_MAGIC {
+            return Err(ProtocolError::BadRequestMagic(magic));
+        }
+    }
+    let Some(h) = buf.get(..REQUEST_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let u16_at = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+    let u32_at = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let u64_at = |i: usize| (u64::from(u32_at(i)) << 32) | u64::from(u32_at(i + 4));
+    let req = Request {
+        flags: u16_at(4),
+        cmd: Command::from_code(u16_at(6)),
+        handle: u64_at(8),
+        offset: u64_at(16),
+        length: u32_at(24),
+    };
+    if req.cmd == Command::Write && req.length > MAX_BLOCK_SIZE {
+        return Err(ProtocolError::PayloadTooLarge {
+            len: req.length,
+            max: MAX_BLOCK_SIZE,
+        });
+    }
+    Ok(Some((req, REQUEST_HEADER_LEN)))
+}
+
+/// Check a request against the negotiated export before doing any I/O.
+///
+/// `Err(errno)` is what to send back (see [`encode_error_reply`]); the
+/// connection stays up. Rules, in order:
+/// 1. unknown command (including CACHE, which we don't advertise) → EINVAL;
+/// 2. DISC is always fine (it has no reply);
+/// 3. WRITE/TRIM/WRITE_ZEROES on a read-only export → EPERM;
+/// 4. a command flag not allowed for this command or not advertised
+///    (FUA needs SEND_FUA, DF needs SEND_DF and READ, REQ_ONE needs
+///    BLOCK_STATUS, NO_HOLE needs WRITE_ZEROES, FAST_ZERO needs
+///    SEND_FAST_ZERO and WRITE_ZEROES) → EINVAL;
+/// 5. FLUSH with nonzero offset or length → EINVAL (spec: MUST be zero);
+/// 6. BLOCK_STATUS without `base:allocation` selected → EINVAL;
+/// 7. zero length, or offset/length not multiples of [`MIN_BLOCK_SIZE`] →
+///    EINVAL (we advertise 512 as the minimum block size);
+/// 8. READ longer than [`MAX_BLOCK_SIZE`] → EINVAL (TRIM, WRITE_ZEROES and
+///    BLOCK_STATUS carry no payload, so we do not cap them);
+/// 9. beyond the end of the export → ENOSPC for WRITE/WRITE_ZEROES, EINVAL
+///    otherwise (as the spec recommends).
+pub fn validate(req: &Request, neg: &Negotiated) -> Result<(), Errno> {
+    use Command::*;
+    match req.cmd {
+        Unknown(_) => return Err(Errno::Inval),
+        Disc => return Ok(()),
+        _ => {}
+    }
+    if neg.read_only && req.cmd.is_write() {
+        return Err(Errno::Perm);
+    }
+
+    let tf = neg.transmission_flags;
+    let mut allowed = 0;
+    if tf & FLAG_SEND_FUA != 0 {
+        // "valid for all commands, provided NBD_FLAG_SEND_FUA has been
+        // negotiated".
+        allowed |= CMD_FLAG_FUA;
+    }
+    match req.cmd {
+        Read if tf & FLAG_SEND_DF != 0 => allowed |= CMD_FLAG_DF,
+        WriteZeroes => {
+            allowed |= CMD_FLAG_NO_HOLE;
+            if tf & FLAG_SEND_FAST_ZERO != 0 {
+                allowed |= CMD_FLAG_FAST_ZERO;
+            }
+        }
+        BlockStatus => allowed |= CMD_FLAG_REQ_ONE,
+        _ => {}
+    }
+    if req.flags & !allowed != 0 {
+        return Err(Errno::Inval);
+    }
+
+    match req.cmd {
+        Flush => {
+            return if req.offset == 0 && req.length == 0 {
+                Ok(())
+            } else {
+                Err(Errno::Inval)
+            };
+        }
+        BlockStatus if !neg.structured_replies || neg.base_allocation_context.is_none() => {
+            return Err(Errno::Inval);
+        }
+        _ => {}
+    }
+
+    // MIN_BLOCK_SIZE is a power of two, so alignment is a mask test.
+    let mask = u64::from(MIN_BLOCK_SIZE - 1);
+    if req.length == 0 || req.offset & mask != 0 || u64::from(req.length) & mask != 0 {
+        return Err(Errno::Inval);
+    }
+    if matches!(req.cmd, Read | Write) && req.length > MAX_BLOCK_SIZE {
+        return Err(Errno::Inval);
+    }
+    let in_bounds = req
+        .offset
+        .checked_add(u64::from(req.length))
+        .is_some_and(|end| end <= neg.size);
+    if !in_bounds {
+        return Err(match req.cmd {
+            Write | WriteZeroes => Errno::NoSpc,
+            _ => Errno::Inval,
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Simple replies
+// ---------------------------------------------------------------------------
+
+/// Header of a simple reply. For a successful READ without structured
+/// replies, send `length` bytes of data right after it.
+pub fn encode_simple_reply_header(
+    handle: u64,
+    error: Option<Errno>,
+) -> [u8; SIMPLE_REPLY_HEADER_LEN] {
+    let mut h = [0u8; SIMPLE_REPLY_HEADER_LEN];
+    h[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    h[4..8].copy_from_slice(&error.map_or(0, Errno::code).to_be_bytes());
+    h[8..16].copy_from_slice(&handle.to_be_bytes());
+    h
+}
+
+/// Append a simple reply (header plus `data`, which must be empty unless
+/// this is a successful READ without structured replies).
+pub fn encode_simple_reply(out: &mut Vec<u8>, handle: u64, error: Option<Errno>, data: &[u8]) {
+    out.extend_from_slice(&encode_simple_reply_header(handle, error));
+    out.extend_from_slice(data);
+}
+
+// ---------------------------------------------------------------------------
+// Structured reply chunks
+// ---------------------------------------------------------------------------
+
+/// Length of an `OFFSET_DATA` chunk header including its 8-byte offset.
+pub const OFFSET_DATA_HEADER_LEN: usize = STRUCTURED_REPLY_HEADER_LEN + 8;
+
+/// Generic structured chunk header.
+pub fn encode_chunk_header(
+    flags: u16,
+    reply_type: u16,
+    handle: u64,
+    payload_len: u32,
+) -> [u8; STRUCTURED_REPLY_HEADER_LEN] {
+    let mut h = [0u8; STRUCTURED_REPLY_HEADER_LEN];
+    h[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    h[4..6].copy_from_slice(&flags.to_be_bytes());
+    h[6..8].copy_from_slice(&reply_type.to_be_bytes());
+    h[8..16].copy_from_slice(&handle.to_be_bytes());
+    h[16..20].copy_from_slice(&payload_len.to_be_bytes());
+    h
+}
+
+fn done_flag(done: bool) -> u16 {
+    if done {
+        REPLY_FLAG_DONE
+    } else {
+        0
+    }
+}
+
+/// Header of an `OFFSET_DATA` chunk (chunk header + offset) for `data_len`
+/// bytes the caller sends itself. `data_len` must be 1..=2^32-9; it is at
+/// most [`MAX_BLOCK_SIZE`] for validated requests. Set `done` only if no
+/// error can still occur while the data is sent (e.g. it is already in
+/// memory).
+pub fn encode_offset_data_header(
+    handle: u64,
+    offset: u64,
+    data_len: u32,
+    done: bool,
+) -> [u8; OFFSET_DATA_HEADER_LEN] {
+    debug_assert!(data_len > 0 && data_len <= u32::MAX - 8);
+    let mut h = [0u8; OFFSET_DATA_HEADER_LEN];
+    h[..STRUCTURED_REPLY_HEADER_LEN].copy_from_slice(&encode_chunk_header(
+        done_flag(done),
+        REPLY_TYPE_OFFSET_DATA,
+        handle,
+        data_len.saturating_add(8),
+    ));
+    h[STRUCTURED_REPLY_HEADER_LEN..].copy_from_slice(&offset.to_be_bytes());
+    h
+}
+
+/// Append an `OFFSET_DATA` chunk carrying `data` (non-empty).
+pub fn encode_offset_data(out: &mut Vec<u8>, handle: u64, offset: u64, data: &[u8], done: bool) {
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&encode_offset_data_header(handle, offset, len, done));
+    out.extend_from_slice(data);
+}
+
+/// Append an `OFFSET_HOLE` chunk: `hole_len` (nonzero) bytes at `offset`
+/// read as zeroes. Not allowed with `NBD_CMD_FLAG_DF`.
+pub fn encode_offset_hole(out: &mut Vec<u8>, handle: u64, offset: u64, hole_len: u32, done: bool) {
+    debug_assert!(hole_len > 0);
+    out.extend_from_slice(&encode_chunk_header(
+        done_flag(done),
+        REPLY_TYPE_OFFSET_HOLE,
+        handle,
+        12,
+    ));
+    out.extend_from_slice(&offset.to_be_bytes());
+    out.extend_from_slice(&hole_len.to_be_bytes());
+}
+
+/// Append the `NONE` chunk that ends a structured reply (always DONE).
+pub fn encode_none(out: &mut Vec<u8>, handle: u64) {
+    out.extend_from_slice(&encode_chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_NONE,
+        handle,
+        0,
+    ));
+}
+
+/// Append an `ERROR` chunk. The message is shown to humans by clients; it
+/// is truncated to the spec's 4096-byte string limit.
+pub fn encode_error_chunk(out: &mut Vec<u8>, handle: u64, errno: Errno, message: &str, done: bool) {
+    let msg = truncate_str(message, MAX_STRING_LEN);
+    out.extend_from_slice(&encode_chunk_header(
+        done_flag(done),
+        REPLY_TYPE_ERROR,
+        handle,
+        6 + msg.len() as u32,
+    ));
+    out.extend_from_slice(&errno.code().to_be_bytes());
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg.as_bytes());
+}
+
+/// Append an `ERROR_OFFSET` chunk: the error happened at `offset`, which
+/// must lie inside the request. Lets a client keep the data before it.
+pub fn encode_error_offset_chunk(
+    out: &mut Vec<u8>,
+    handle: u64,
+    errno: Errno,
+    message: &str,
+    offset: u64,
+    done: bool,
+) {
+    let msg = truncate_str(message, MAX_STRING_LEN);
+    out.extend_from_slice(&encode_chunk_header(
+        done_flag(done),
+        REPLY_TYPE_ERROR_OFFSET,
+        handle,
+        14 + msg.len() as u32,
+    ));
+    out.extend_from_slice(&errno.code().to_be_bytes());
+    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+    out.extend_from_slice(msg.as_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+}
+
+/// One `base:allocation` extent descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub length: u32,
+    /// `STATE_HOLE` / `STATE_ZERO`.
+    pub flags: u32,
+}
+
+/// Append the `BLOCK_STATUS` chunk answering `req` for `context_id`, with
+/// DONE set (we serve one context, so this is the whole reply).
+///
+/// `extents` describe consecutive ranges starting at `req.offset`. The
+/// encoder enforces the spec's shape rules so the storage side need not:
+/// zero-length extents are dropped; with `REQ_ONE` only the first extent is
+/// sent, clipped to the request length; otherwise extents stop once they
+/// cover the request (the last one may extend past it); and an empty list
+/// becomes one extent of the request length with status 0, which the spec
+/// says is always safe.
+pub fn encode_block_status(out: &mut Vec<u8>, req: &Request, context_id: u32, extents: &[Extent]) {
+    let mut chosen: Vec<Extent> = Vec::new();
+    let mut covered: u64 = 0;
+    for e in extents.iter().filter(|e| e.length > 0) {
+        if req.has_flag(CMD_FLAG_REQ_ONE) {
+            chosen.push(Extent {
+                length: e.length.min(req.length.max(1)),
+                flags: e.flags,
+            });
+            break;
+        }
+        chosen.push(*e);
+        covered += u64::from(e.length);
+        if covered >= u64::from(req.length) {
+            break;
+        }
+    }
+    if chosen.is_empty() {
+        chosen.push(Extent {
+            length: req.length.max(1),
+            flags: 0,
+        });
+    }
+    let payload_len = 4 + 8 * chosen.len() as u32;
+    out.reserve(STRUCTURED_REPLY_HEADER_LEN + payload_len as usize);
+    out.extend_from_slice(&encode_chunk_header(
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        req.handle,
+        payload_len,
+    ));
+    out.extend_from_slice(&context_id.to_be_bytes());
+    for e in chosen {
+        out.extend_from_slice(&e.length.to_be_bytes());
+        out.extend_from_slice(&e.flags.to_be_bytes());
+    }
+}
+
+/// Append the complete error reply for `req`, framed as the negotiation
+/// requires: a single `ERROR` chunk with DONE when structured replies are
+/// on (mandatory for READ/BLOCK_STATUS, and preferred for the rest because
+/// it carries `message`), a payload-less simple reply otherwise.
+pub fn encode_error_reply(
+    out: &mut Vec<u8>,
+    req: &Request,
+    neg: &Negotiated,
+    errno: Errno,
+    message: &str,
+) {
+    if neg.structured_replies {
+        encode_error_chunk(out, req.handle, errno, message, true);
+    } else {
+        encode_simple_reply(out, req.handle, Some(errno), &[]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nbd::handshake::{transmission_flags, ExportInfo};
+
+    const SIZE: u64 = 1 << 20;
+
+    fn neg(read_only: bool, structured: bool, base_alloc: bool) -> Negotiated {
+        let info = ExportInfo {
+            name: "disk".into(),
+            size: SIZE,
+            read_only,
+            description: None,
+        };
+        Negotiated {
+            export_name: "disk".into(),
+            size: SIZE,
+            read_only,
+            structured_replies: structured,
+            base_allocation_context: base_alloc.then_some(7),
+            transmission_flags: transmission_flags(&info, structured),
+        }
+    }
+
+    fn req(cmd: Command, flags: u16, offset: u64, length: u32) -> Request {
+        Request {
+            handle: 0x1122_3344_5566_7788,
+            cmd,
+            flags,
+            offset,
+            length,
+        }
+    }
+
+    fn header(flags: u16, ty: u16, handle: u64, offset: u64, length: u32) -> Vec<u8> {
+        let mut v = REQUEST_MAGIC.to_be_bytes().to_vec();
+        v.extend_from_slice(&flags.to_be_bytes());
+        v.extend_from_slice(&ty.to_be_bytes());
+        v.extend_from_slice(&handle.to_be_bytes());
+        v.extend_from_slice(&offset.to_be_bytes());
+        v.extend_from_slice(&length.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn parse_request_fields_and_partial_input() {
+        let h = header(CMD_FLAG_FUA, CMD_WRITE, 42, 4096, 512);
+        for n in 0..REQUEST_HEADER_LEN {
+            assert_eq!(parse_request(&h[..n]), Ok(None), "prefix {n}");
+        }
+        let mut with_payload = h.clone();
+        with_payload.extend_from_slice(&[7u8; 512]);
+        let (r, used) = parse_request(&with_payload).unwrap().unwrap();
+        assert_eq!(used, REQUEST_HEADER_LEN);
+        assert_eq!(
+            r,
+            Request {
+                handle: 42,
+                cmd: Command::Write,
+                flags: CMD_FLAG_FUA,
+                offset: 4096,
+                length: 512
+            }
+        );
+        assert_eq!(r.payload_len(), 512);
+        let (r, _) = parse_request(&header(0, CMD_READ, 1, 0, 4096))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.payload_len(), 0);
+        let (r, _) = parse_request(&header(0, 77, 1, 0, 4096)).unwrap().unwrap();
+        assert_eq!(r.cmd, Command::Unknown(77));
+        assert_eq!(r.payload_len(), 0);
+    }
+
+    #[test]
+    fn parse_request_bad_magic_is_detected_early() {
+        assert_eq!(
+            parse_request(b"GARB"),
+            Err(ProtocolError::BadRequestMagic(0x4741_5242))
+        );
+        assert!(parse_request(&[0u8; 28]).is_err());
+    }
+
+    #[test]
+    fn parse_request_oversized_write_is_fatal_but_oversized_read_is_not() {
+        let big = 64 << 20;
+        assert_eq!(
+            parse_request(&header(0, CMD_WRITE, 1, 0, big)),
+            Err(ProtocolError::PayloadTooLarge {
+                len: big,
+                max: MAX_BLOCK_SIZE
+            })
+        );
+        assert!(parse_request(&header(0, CMD_WRITE, 1, 0, MAX_BLOCK_SIZE))
+            .unwrap()
+            .is_some());
+        let (r, _) = parse_request(&header(0, CMD_READ, 1, 0, big))
+            .unwrap()
+            .unwrap();
+        assert_eq!(validate(&r, &neg(false, true, true)), Err(Errno::Inval));
+    }
+
+    #[test]
+    fn validation_table() {
+        use Command::*;
+        let rw = neg(false, false, false);
+        let rw_sr = neg(false, true, true);
+        let rw_sr_nometa = neg(false, true, false);
+        let ro = neg(true, true, true);
+        let big = Negotiated {
+            size: 1 << 30,
+            ..neg(false, false, false)
+        };
+        let max = MAX_BLOCK_SIZE;
+        #[rustfmt::skip]
+        let table: Vec<(&str, Request, &Negotiated, Result<(), Errno>)> = vec![
+            ("plain read", req(Read, 0, 0, 4096), &rw, Ok(())),
+            ("read to the last byte", req(Read, 0, SIZE - 512, 512), &rw, Ok(())),
+            ("read of max size", req(Read, 0, 0, max), &big, Ok(())),
+            ("write", req(Write, CMD_FLAG_FUA, 512, 1024), &rw, Ok(())),
+            ("trim", req(Trim, 0, 0, 8192), &rw, Ok(())),
+            ("write zeroes all flags", req(WriteZeroes, CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO, 0, 4096), &rw, Ok(())),
+            ("flush", req(Flush, 0, 0, 0), &rw, Ok(())),
+            ("flush with FUA", req(Flush, CMD_FLAG_FUA, 0, 0), &rw, Ok(())),
+            ("disc", req(Disc, 0, 0, 0), &rw, Ok(())),
+            ("block status", req(BlockStatus, CMD_FLAG_REQ_ONE, 0, 4096), &rw_sr, Ok(())),
+            ("read with DF", req(Read, CMD_FLAG_DF, 0, 4096), &rw_sr, Ok(())),
+            // out of range
+            ("read past end", req(Read, 0, SIZE - 512, 1024), &rw, Err(Errno::Inval)),
+            ("read at end", req(Read, 0, SIZE, 512), &rw, Err(Errno::Inval)),
+            ("read offset overflow", req(Read, 0, u64::MAX - 511, 512), &rw, Err(Errno::Inval)),
+            ("write past end", req(Write, 0, SIZE - 512, 1024), &rw, Err(Errno::NoSpc)),
+            ("write zeroes past end", req(WriteZeroes, 0, SIZE, 512), &rw, Err(Errno::NoSpc)),
+            ("trim past end", req(Trim, 0, SIZE, 512), &rw, Err(Errno::Inval)),
+            ("block status past end", req(BlockStatus, 0, SIZE, 512), &rw_sr, Err(Errno::Inval)),
+            // alignment and zero length
+            ("misaligned read offset", req(Read, 0, 100, 512), &rw, Err(Errno::Inval)),
+            ("misaligned read length", req(Read, 0, 0, 1000), &rw, Err(Errno::Inval)),
+            ("misaligned write", req(Write, 0, 511, 512), &rw, Err(Errno::Inval)),
+            ("misaligned trim", req(Trim, 0, 0, 513), &rw, Err(Errno::Inval)),
+            ("misaligned block status", req(BlockStatus, 0, 1, 512), &rw_sr, Err(Errno::Inval)),
+            ("zero-length read", req(Read, 0, 0, 0), &rw, Err(Errno::Inval)),
+            ("zero-length write", req(Write, 0, 0, 0), &rw, Err(Errno::Inval)),
+            // size limits
+            ("read over 32 MiB", req(Read, 0, 0, max + 512), &big, Err(Errno::Inval)),
+            ("trim over 32 MiB", req(Trim, 0, 0, max + 512), &big, Ok(())),
+            ("write zeroes over 32 MiB", req(WriteZeroes, 0, 0, max + 512), &big, Ok(())),
+            // read-only
+            ("write on ro", req(Write, 0, 0, 512), &ro, Err(Errno::Perm)),
+            ("trim on ro", req(Trim, 0, 0, 512), &ro, Err(Errno::Perm)),
+            ("write zeroes on ro", req(WriteZeroes, 0, 0, 512), &ro, Err(Errno::Perm)),
+            ("read on ro", req(Read, 0, 0, 512), &ro, Ok(())),
+            ("flush on ro", req(Flush, 0, 0, 0), &ro, Ok(())),
+            ("FUA not advertised on ro", req(Read, CMD_FLAG_FUA, 0, 512), &ro, Err(Errno::Inval)),
+            // unknown command / flags
+            ("unknown command", req(Unknown(99), 0, 0, 512), &rw, Err(Errno::Inval)),
+            ("cache is not advertised", req(Unknown(CMD_CACHE), 0, 0, 512), &rw, Err(Errno::Inval)),
+            ("unknown flag", req(Read, 1 << 9, 0, 512), &rw, Err(Errno::Inval)),
+            ("DF without structured", req(Read, CMD_FLAG_DF, 0, 512), &rw, Err(Errno::Inval)),
+            ("DF on write", req(Write, CMD_FLAG_DF, 0, 512), &rw_sr, Err(Errno::Inval)),
+            ("REQ_ONE on read", req(Read, CMD_FLAG_REQ_ONE, 0, 512), &rw_sr, Err(Errno::Inval)),
+            ("NO_HOLE on write", req(Write, CMD_FLAG_NO_HOLE, 0, 512), &rw, Err(Errno::Inval)),
+            ("FAST_ZERO on trim", req(Trim, CMD_FLAG_FAST_ZERO, 0, 512), &rw, Err(Errno::Inval)),
+            // flush / block status specifics
+            ("flush with offset", req(Flush, 0, 512, 0), &rw, Err(Errno::Inval)),
+            ("flush with length", req(Flush, 0, 0, 512), &rw, Err(Errno::Inval)),
+            ("block status without structured", req(BlockStatus, 0, 0, 512), &rw, Err(Errno::Inval)),
+            ("block status without context", req(BlockStatus, 0, 0, 512), &rw_sr_nometa, Err(Errno::Inval)),
+            ("block status length not capped", req(BlockStatus, 0, 0, 1 << 20), &rw_sr, Ok(())),
+        ];
+        for (what, r, n, want) in table {
+            assert_eq!(validate(&r, n), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn simple_reply_bytes() {
+        let mut out = Vec::new();
+        encode_simple_reply(&mut out, 5, Some(Errno::NoSpc), &[]);
+        encode_simple_reply(&mut out, 6, None, b"abc");
+        assert_eq!(
+            out,
+            [
+                &[0x67, 0x44, 0x66, 0x98, 0, 0, 0, 28, 0, 0, 0, 0, 0, 0, 0, 5][..],
+                &[0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6],
+                b"abc",
+            ]
+            .concat()
+        );
+    }
+
+    fn chunk(out: &[u8]) -> (u16, u16, u64, Vec<u8>, &[u8]) {
+        assert_eq!(&out[0..4], &STRUCTURED_REPLY_MAGIC.to_be_bytes());
+        let flags = u16::from_be_bytes([out[4], out[5]]);
+        let ty = u16::from_be_bytes([out[6], out[7]]);
+        let handle = u64::from_be_bytes(out[8..16].try_into().unwrap());
+        let len = u32::from_be_bytes(out[16..20].try_into().unwrap()) as usize;
+        (
+            flags,
+            ty,
+            handle,
+            out[20..20 + len].to_vec(),
+            &out[20 + len..],
+        )
+    }
+
+    #[test]
+    fn structured_chunks_bytes() {
+        let mut out = Vec::new();
+        encode_offset_data(&mut out, 9, 4096, b"xyz", false);
+        encode_offset_hole(&mut out, 9, 8192, 4096, false);
+        encode_error_offset_chunk(&mut out, 9, Errno::Io, "bad", 8192, false);
+        encode_error_chunk(&mut out, 9, Errno::Inval, "oops", false);
+        encode_none(&mut out, 9);
+        let (f, t, h, p, rest) = chunk(&out);
+        assert_eq!((f, t, h), (0, REPLY_TYPE_OFFSET_DATA, 9));
+        assert_eq!(p, [&4096u64.to_be_bytes()[..], b"xyz"].concat());
+        let (f, t, _, p, rest) = chunk(rest);
+        assert_eq!((f, t), (0, REPLY_TYPE_OFFSET_HOLE));
+        assert_eq!(
+            p,
+            [&8192u64.to_be_bytes()[..], &4096u32.to_be_bytes()].concat()
+        );
+        let (_, t, _, p, rest) = chunk(rest);
+        assert_eq!(t, REPLY_TYPE_ERROR_OFFSET);
+        assert_eq!(
+            p,
+            [
+                &5u32.to_be_bytes()[..],
+                &3u16.to_be_bytes(),
+                b"bad",
+                &8192u64.to_be_bytes()
+            ]
+            .concat()
+        );
+        let (_, t, _, p, rest) = chunk(rest);
+        assert_eq!(t, REPLY_TYPE_ERROR);
+        assert_eq!(
+            p,
+            [&22u32.to_be_bytes()[..], &4u16.to_be_bytes(), b"oops"].concat()
+        );
+        let (f, t, _, p, rest) = chunk(rest);
+        assert_eq!((f, t, p.len()), (REPLY_FLAG_DONE, REPLY_TYPE_NONE, 0));
+        assert!(rest.is_empty());
+        // The zero-copy header is byte-identical to the inline encoding.
+        let mut inline = Vec::new();
+        encode_offset_data(&mut inline, 3, 512, &[1u8; 512], true);
+        assert_eq!(
+            &inline[..OFFSET_DATA_HEADER_LEN],
+            &encode_offset_data_header(3, 512, 512, true)
+        );
+    }
+
+    #[test]
+    fn error_message_is_truncated_to_string_limit() {
+        let mut out = Vec::new();
+        let long = "é".repeat(3000); // 6000 bytes, 2-byte chars
+        encode_error_chunk(&mut out, 1, Errno::Io, &long, true);
+        let (_, _, _, p, _) = chunk(&out);
+        let msg_len = u16::from_be_bytes([p[4], p[5]]) as usize;
+        assert!(msg_len <= MAX_STRING_LEN);
+        assert!(std::str::from_utf8(&p[6..6 + msg_len]).is_ok());
+        assert_eq!(p.len(), 6 + msg_len);
+    }
+
+    fn extents_of(out: &[u8]) -> (u32, Vec<(u32, u32)>) {
+        let (f, t, _, p, rest) = chunk(out);
+        assert_eq!((f, t), (REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS));
+        assert!(rest.is_empty());
+        let id = u32::from_be_bytes(p[0..4].try_into().unwrap());
+        let ext = p[4..]
+            .chunks(8)
+            .map(|c| {
+                (
+                    u32::from_be_bytes(c[0..4].try_into().unwrap()),
+                    u32::from_be_bytes(c[4..8].try_into().unwrap()),
+                )
+            })
+            .collect();
+        (id, ext)
+    }
+
+    #[test]
+    fn block_status_shape_rules() {
+        let e = |length, flags| Extent { length, flags };
+        let hole = STATE_HOLE | STATE_ZERO;
+        let exts = [
+            e(4096, 0),
+            e(0, 0),
+            e(8192, hole),
+            e(4096, 0),
+            e(4096, hole),
+        ];
+        // Plain: stops once the request is covered; the last may overhang.
+        let mut out = Vec::new();
+        encode_block_status(&mut out, &req(Command::BlockStatus, 0, 0, 8192), 7, &exts);
+        assert_eq!(extents_of(&out), (7, vec![(4096, 0), (8192, hole)]));
+        // REQ_ONE: one extent, clipped to the request length.
+        let mut out = Vec::new();
+        encode_block_status(
+            &mut out,
+            &req(Command::BlockStatus, CMD_FLAG_REQ_ONE, 0, 1024),
+            7,
+            &exts,
+        );
+        assert_eq!(extents_of(&out), (7, vec![(1024, 0)]));
+        // Nothing known: one safe status-0 extent.
+        let mut out = Vec::new();
+        encode_block_status(&mut out, &req(Command::BlockStatus, 0, 0, 2048), 7, &[]);
+        assert_eq!(extents_of(&out), (7, vec![(2048, 0)]));
+    }
+
+    #[test]
+    fn error_reply_framing_follows_negotiation() {
+        let r = req(Command::Read, 0, 0, 512);
+        let mut out = Vec::new();
+        encode_error_reply(&mut out, &r, &neg(false, false, false), Errno::Inval, "x");
+        assert_eq!(
+            out,
+            encode_simple_reply_header(r.handle, Some(Errno::Inval))
+        );
+        let mut out = Vec::new();
+        encode_error_reply(&mut out, &r, &neg(false, true, false), Errno::Inval, "x");
+        let (f, t, h, p, _) = chunk(&out);
+        assert_eq!((f, t, h), (REPLY_FLAG_DONE, REPLY_TYPE_ERROR, r.handle));
+        assert_eq!(&p[0..4], &22u32.to_be_bytes());
+        assert!(r.needs_structured_reply(&neg(false, true, false)));
+        assert!(!req(Command::Write, 0, 0, 512).needs_structured_reply(&neg(false, true, false)));
+        assert!(!r.needs_structured_reply(&neg(false, false, false)));
+    }
+
+    #[test]
+    fn random_headers_never_panic() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let n = neg(false, true, true);
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut h = header(
+                (x >> 48) as u16 & 0x1f,
+                (x % 9) as u16,
+                x,
+                x.rotate_left(17) & 0x1f_ffff,
+                (x >> 20) as u32 & 0x3ff_ffff,
+            );
+            h.truncate((x % 29) as usize);
+            if let Ok(Some((r, _))) = parse_request(&h) {
+                let _ = validate(&r, &n);
+            }
+        }
+    }
+}

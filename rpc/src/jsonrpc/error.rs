@@ -1,0 +1,165 @@
+//! The error object of a JSON-RPC 2.0 response, and the codes sluice uses.
+//!
+//! This file owns the mapping from "what went wrong" to a wire code. Handlers return
+//! [`RpcError`]; the dispatcher puts it in the `error` member unchanged; the client
+//! turns it back into an [`RpcError`] so that callers can match on [`RpcError::code`].
+//! See the table of codes in the [`jsonrpc`](super) module docs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The numeric codes. Standard ones come from the JSON-RPC 2.0 specification;
+/// application ones are in the server-reserved range -32000..=-32099.
+pub mod codes {
+    /// Invalid JSON was received; the connection is closed after this response.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// The JSON is not a valid request object (or the batch is empty).
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No method of that name is registered.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// The params are missing, of the wrong shape, or a value is out of range.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// A bug in the server (including a panicking handler).
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// The named pool, volume, snapshot, export or job does not exist.
+    pub const NOT_FOUND: i64 = -32001;
+    /// An object of that name already exists.
+    pub const EXISTS: i64 = -32002;
+    /// The pool (or a zone of it) has no free space for the request.
+    pub const NO_SPACE: i64 = -32003;
+    /// The object is in use (exported, has clones, a job is running); retry later.
+    pub const BUSY: i64 = -32004;
+    /// The request is valid but not in the object's current state (e.g. writing to
+    /// a snapshot, starting an NBD server twice, shrinking below used data).
+    pub const INVALID_STATE: i64 = -32005;
+    /// The storage below returned an I/O error or failed a checksum.
+    pub const IO_ERROR: i64 = -32006;
+}
+
+/// A JSON-RPC error object: `{"code": ..., "message": ..., "data"?: ...}`.
+///
+/// `message` is a whole sentence meant for the person at the terminal (the CLI prints
+/// it verbatim); `data` carries machine-readable detail when there is some, e.g. the
+/// offending field of invalid params.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[error("{message} (code {code})")]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// Attaches machine-readable detail.
+    pub fn with_data(mut self, data: Value) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// -32700, for input that is not JSON at all.
+    pub fn parse_error(detail: impl std::fmt::Display) -> Self {
+        Self::new(codes::PARSE_ERROR, format!("Parse error: {detail}"))
+    }
+
+    /// -32600, for JSON that is not a request object.
+    pub fn invalid_request(detail: impl std::fmt::Display) -> Self {
+        Self::new(codes::INVALID_REQUEST, format!("Invalid request: {detail}"))
+    }
+
+    /// -32601.
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(
+            codes::METHOD_NOT_FOUND,
+            format!("Method not found: {method}"),
+        )
+    }
+
+    /// -32602, with the reason, e.g. `invalid_params("size: must be a multiple of 4096")`.
+    pub fn invalid_params(detail: impl std::fmt::Display) -> Self {
+        Self::new(codes::INVALID_PARAMS, format!("Invalid params: {detail}"))
+    }
+
+    /// -32603.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        Self::new(codes::INTERNAL_ERROR, format!("Internal error: {detail}"))
+    }
+
+    /// -32001; `message` names the missing thing, e.g. `volume "vol0" not found`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(codes::NOT_FOUND, message)
+    }
+
+    /// -32002; e.g. `volume "vol0" already exists`.
+    pub fn exists(message: impl Into<String>) -> Self {
+        Self::new(codes::EXISTS, message)
+    }
+
+    /// -32003; e.g. `pool "p0" has 1.2 GiB free, 4.0 GiB needed`.
+    pub fn no_space(message: impl Into<String>) -> Self {
+        Self::new(codes::NO_SPACE, message)
+    }
+
+    /// -32004; e.g. `volume "vol0" is exported as "vol0"`.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self::new(codes::BUSY, message)
+    }
+
+    /// -32005; e.g. `snapshot "s1" is read-only`.
+    pub fn invalid_state(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_STATE, message)
+    }
+
+    /// -32006; e.g. `read of zone 3 failed: Input/output error`.
+    pub fn io(message: impl Into<String>) -> Self {
+        Self::new(codes::IO_ERROR, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn application_codes_are_distinct_and_in_the_server_range() {
+        let app = [
+            RpcError::not_found("x"),
+            RpcError::exists("x"),
+            RpcError::no_space("x"),
+            RpcError::busy("x"),
+            RpcError::invalid_state("x"),
+            RpcError::io("x"),
+        ];
+        let mut seen: Vec<i64> = app.iter().map(|e| e.code).collect();
+        assert!(
+            seen.iter().all(|c| (-32099..=-32000).contains(c)),
+            "{seen:?}"
+        );
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), app.len());
+    }
+
+    #[test]
+    fn serializes_without_data_when_absent() {
+        assert_eq!(
+            serde_json::to_value(RpcError::not_found("volume \"v\" not found")).unwrap(),
+            json!({"code": -32001, "message": "volume \"v\" not found"})
+        );
+        let with = RpcError::invalid_params("size: bad").with_data(json!({"field": "size"}));
+        assert_eq!(
+            serde_json::to_value(&with).unwrap(),
+            json!({"code": -32602, "message": "Invalid params: size: bad", "data": {"field": "size"}})
+        );
+        assert_eq!(with.to_string(), "Invalid params: size: bad (code -32602)");
+    }
+}
