@@ -92,7 +92,8 @@ impl Bitmap {
     /// and wrapping around once (next-fit).
     pub fn find_run(&self, lo: u32, hi: u32, from: u32, n: u32) -> Option<u32> {
         let from = from.clamp(lo, hi);
-        self.find_in(from, hi, n).or_else(|| self.find_in(lo, from.saturating_add(n).min(hi), n))
+        self.find_in(from, hi, n)
+            .or_else(|| self.find_in(lo, from.saturating_add(n).min(hi), n))
     }
 
     fn find_in(&self, lo: u32, hi: u32, n: u32) -> Option<u32> {
@@ -103,7 +104,11 @@ impl Bitmap {
         let mut run = 0u32;
         while i < hi {
             // Skip whole full words quickly.
-            if run == 0 && i.is_multiple_of(64) && i + 64 <= hi && self.words[(i / 64) as usize] == u64::MAX {
+            if run == 0
+                && i.is_multiple_of(64)
+                && i + 64 <= hi
+                && self.words[(i / 64) as usize] == u64::MAX
+            {
                 i += 64;
                 continue;
             }

@@ -52,7 +52,11 @@ pub fn decode(stored: &[u8], out: &mut [u8], block: u64) -> Result<()> {
             block,
             format!("decompressed to {n} bytes, expected {}", out.len()),
         )),
-        Err(e) => Err(Error::corrupt(Structure::ChunkData, block, format!("lz4: {e}"))),
+        Err(e) => Err(Error::corrupt(
+            Structure::ChunkData,
+            block,
+            format!("lz4: {e}"),
+        )),
     }
 }
 
@@ -63,7 +67,10 @@ mod tests {
     #[test]
     fn holes_raw_and_compressed() {
         let mut s = scratch_for(65536);
-        assert!(matches!(encode(Compression::Lz4, &vec![0; 65536], &mut s), Encoded::Hole));
+        assert!(matches!(
+            encode(Compression::Lz4, &vec![0; 65536], &mut s),
+            Encoded::Hole
+        ));
         let text: Vec<u8> = (0..65536).map(|i| b"hello world "[i % 12]).collect();
         let Encoded::Compressed { len } = encode(Compression::Lz4, &text, &mut s) else {
             panic!("text should compress")
@@ -71,7 +78,10 @@ mod tests {
         let mut out = vec![0; 65536];
         decode(&s[..len], &mut out, 0).unwrap();
         assert_eq!(out, text);
-        assert!(matches!(encode(Compression::None, &text, &mut s), Encoded::Raw));
+        assert!(matches!(
+            encode(Compression::None, &text, &mut s),
+            Encoded::Raw
+        ));
         let mut noise = vec![0u8; 65536];
         let mut x = 88172645463325252u64;
         for b in noise.iter_mut() {
@@ -80,7 +90,10 @@ mod tests {
             x ^= x << 17;
             *b = x as u8;
         }
-        assert!(matches!(encode(Compression::Lz4, &noise, &mut s), Encoded::Raw));
+        assert!(matches!(
+            encode(Compression::Lz4, &noise, &mut s),
+            Encoded::Raw
+        ));
         assert!(!is_zero(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
         assert!(decode(&noise[..100], &mut out, 9).is_err());
     }

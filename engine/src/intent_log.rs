@@ -124,7 +124,9 @@ impl Record {
                 vol: get_u32(b, 11),
                 chunk: get_u64(b, 15),
             },
-            T_DELVOL if len == 15 => Record::DeleteVolume { vol: get_u32(b, 11) },
+            T_DELVOL if len == 15 => Record::DeleteVolume {
+                vol: get_u32(b, 11),
+            },
             t => return Err(bad(format!("record type {t} with length {len}"))),
         };
         Ok((seq, r, len))
@@ -232,7 +234,13 @@ mod tests {
             Record::Map {
                 vol: 3,
                 chunk: 99,
-                ext: Extent { pblk: 500, nblk: 4, flags: EXT_COMPRESSED, stored_len: 12000, crc: 7 },
+                ext: Extent {
+                    pblk: 500,
+                    nblk: 4,
+                    flags: EXT_COMPRESSED,
+                    stored_len: 12000,
+                    crc: 7,
+                },
             },
             Record::Unmap { vol: 3, chunk: 100 },
             Record::DeleteVolume { vol: 4 },
@@ -245,22 +253,42 @@ mod tests {
         for (i, r) in recs().iter().enumerate() {
             r.encode(10 + i as u64, &mut payload);
         }
-        let h = LogBlockHeader { zone: 2, epoch: 5, lsn: 77, nrec: 3, used: 0, first_seq: 10 };
+        let h = LogBlockHeader {
+            zone: 2,
+            epoch: 5,
+            lsn: 77,
+            nrec: 3,
+            used: 0,
+            first_seq: 10,
+        };
         let mut b = vec![0u8; BLOCK_SIZE];
         encode_block(&h, &payload, &mut b);
         match decode_block(&b, 1000, 2, 5, 77).unwrap() {
             BlockRead::Valid(_, got) => {
-                let want: Vec<_> = recs().into_iter().enumerate().map(|(i, r)| (10 + i as u64, r)).collect();
+                let want: Vec<_> = recs()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (10 + i as u64, r))
+                    .collect();
                 assert_eq!(got, want);
             }
             BlockRead::End => panic!("valid block read as end"),
         }
         // stale epoch, wrong lsn, torn: all mark the end
-        assert!(matches!(decode_block(&b, 1000, 2, 6, 77).unwrap(), BlockRead::End));
-        assert!(matches!(decode_block(&b, 1000, 2, 5, 78).unwrap(), BlockRead::End));
+        assert!(matches!(
+            decode_block(&b, 1000, 2, 6, 77).unwrap(),
+            BlockRead::End
+        ));
+        assert!(matches!(
+            decode_block(&b, 1000, 2, 5, 78).unwrap(),
+            BlockRead::End
+        ));
         let mut t = b.clone();
         t[60] ^= 1;
-        assert!(matches!(decode_block(&t, 1000, 2, 5, 77).unwrap(), BlockRead::End));
+        assert!(matches!(
+            decode_block(&t, 1000, 2, 5, 77).unwrap(),
+            BlockRead::End
+        ));
     }
 
     #[test]

@@ -3,10 +3,36 @@
 //! No threads, sockets or io_uring live here: the engine talks to storage
 //! through [`dev::BlockDev`], so all of it runs in tests on an in-memory or a
 //! simulated, crashing device.
+//!
+//! Map of the crate:
+//! - [`dev`]: the block-I/O seam and its file, memory and crash-simulating devices
+//! - [`format`]: pool header, catalog and zone superblock layouts
+//! - [`btree`]: the one generic B+tree and its device / memfd buffer targets
+//! - [`lmap`], [`rmap`]: the forward and reverse maps (two uses of that B+tree)
+//! - [`intent_log`]: intent record and log block formats
+//! - [`zone`]: a zone's read/write paths, commit, checkpoint, recovery, scrub
+//! - [`volume`]: chunk geometry and placement of chunks on zones
+//! - [`pool`]: the whole pool on one thread (tools, tests, the crash simulator)
 
+pub mod bitmap;
+pub mod btree;
 pub mod buf;
+pub mod codec;
+pub mod compress;
 pub mod dev;
 pub mod error;
+pub mod format;
+pub mod intent_log;
+pub mod lmap;
+pub mod pool;
+pub mod rmap;
+pub mod sync;
+pub mod volume;
+pub mod zone;
 
 pub use buf::{AlignedBuf, BLOCK_SIZE};
 pub use error::{Error, Result};
+pub use format::Compression;
+pub use pool::{Pool, PoolMeta, PoolOptions, PoolUsage};
+pub use volume::VolInfo;
+pub use zone::{Problem, Zone, ZoneConfig};

@@ -38,7 +38,9 @@ impl LockState {
             if !ok {
                 break;
             }
-            let Some(mut w) = self.queue.pop_front() else { break };
+            let Some(mut w) = self.queue.pop_front() else {
+                break;
+            };
             if w.write {
                 self.writer = true;
             } else {
@@ -249,7 +251,11 @@ mod tests {
         for (i, w) in [(0, true), (1, false), (2, false), (3, true), (4, false)] {
             let (lock, log, gates) = (lock.clone(), log.clone(), gates.clone());
             sp.spawn_local(async move {
-                let _g = if w { lock.write(7).await } else { lock.read(7).await };
+                let _g = if w {
+                    lock.write(7).await
+                } else {
+                    lock.read(7).await
+                };
                 log.borrow_mut().push(format!("start{i}"));
                 gates.wait(i).await;
                 log.borrow_mut().push(format!("end{i}"));
@@ -268,8 +274,14 @@ mod tests {
         assert_eq!(step(&mut pool, &[0]), "start0,end0,start1,start2");
         assert_eq!(step(&mut pool, &[2]), "start0,end0,start1,start2,end2");
         // reader 4 queued behind writer 3 must not jump ahead of it.
-        assert_eq!(step(&mut pool, &[1]), "start0,end0,start1,start2,end2,end1,start3");
-        assert_eq!(step(&mut pool, &[3, 4]), "start0,end0,start1,start2,end2,end1,start3,end3,start4,end4");
+        assert_eq!(
+            step(&mut pool, &[1]),
+            "start0,end0,start1,start2,end2,end1,start3"
+        );
+        assert_eq!(
+            step(&mut pool, &[3, 4]),
+            "start0,end0,start1,start2,end2,end1,start3,end3,start4,end4"
+        );
         assert!(!lock.is_busy(7));
     }
 
@@ -312,7 +324,10 @@ impl<T> Mutex<T> {
 
     pub async fn lock(&self) -> MutexGuard<'_, T> {
         let g = self.lock.lock().await;
-        MutexGuard { _g: g, val: &self.val }
+        MutexGuard {
+            _g: g,
+            val: &self.val,
+        }
     }
 
     pub fn into_inner(self) -> T {

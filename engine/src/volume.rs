@@ -143,7 +143,14 @@ mod tests {
     use super::*;
 
     fn vol(shift: u8) -> VolInfo {
-        VolInfo { id: 1, family: 1, chunk_shift: shift, compression: Compression::Lz4, size: 1 << 30, read_only: false }
+        VolInfo {
+            id: 1,
+            family: 1,
+            chunk_shift: shift,
+            compression: Compression::Lz4,
+            size: 1 << 30,
+            read_only: false,
+        }
     }
 
     #[test]
@@ -151,9 +158,33 @@ mod tests {
         let v = vol(16);
         let spans: Vec<_> = v.split(65536 - 512, 65536 + 1024).collect();
         assert_eq!(spans.len(), 3);
-        assert_eq!(spans[0], ChunkSpan { chunk: 0, off: 65024, len: 512, buf_off: 0 });
-        assert_eq!(spans[1], ChunkSpan { chunk: 1, off: 0, len: 65536, buf_off: 512 });
-        assert_eq!(spans[2], ChunkSpan { chunk: 2, off: 0, len: 512, buf_off: 66048 });
+        assert_eq!(
+            spans[0],
+            ChunkSpan {
+                chunk: 0,
+                off: 65024,
+                len: 512,
+                buf_off: 0
+            }
+        );
+        assert_eq!(
+            spans[1],
+            ChunkSpan {
+                chunk: 1,
+                off: 0,
+                len: 65536,
+                buf_off: 512
+            }
+        );
+        assert_eq!(
+            spans[2],
+            ChunkSpan {
+                chunk: 2,
+                off: 0,
+                len: 512,
+                buf_off: 66048
+            }
+        );
         assert!(spans[1].full(65536));
     }
 

@@ -258,7 +258,13 @@ mod tests {
         let mut lost = 0;
         let mut kept = 0;
         for seed in 0..64 {
-            let d = SimDev::new(1 << 20, SimConfig { seed, ..Default::default() });
+            let d = SimDev::new(
+                1 << 20,
+                SimConfig {
+                    seed,
+                    ..Default::default()
+                },
+            );
             block_on(async {
                 d.write_at(blk(1), 0).await.1.unwrap();
                 d.flush().await.unwrap();
@@ -278,9 +284,18 @@ mod tests {
     #[test]
     fn multi_block_writes_tear_and_replay_by_seed() {
         let run = |seed| {
-            let d = SimDev::new(1 << 20, SimConfig { seed, ..Default::default() });
+            let d = SimDev::new(
+                1 << 20,
+                SimConfig {
+                    seed,
+                    ..Default::default()
+                },
+            );
             block_on(async {
-                d.write_at(AlignedBuf::from_slice(&[7u8; 8 * BLOCK_SIZE]), 0).await.1.unwrap();
+                d.write_at(AlignedBuf::from_slice(&[7u8; 8 * BLOCK_SIZE]), 0)
+                    .await
+                    .1
+                    .unwrap();
             });
             let img = d.crash_image();
             (0..8).map(|i| img[i * BLOCK_SIZE]).collect::<Vec<_>>()
@@ -295,7 +310,14 @@ mod tests {
 
     #[test]
     fn crash_point_fails_later_ops() {
-        let d = SimDev::new(1 << 20, SimConfig { seed: 1, crash_after_ops: Some(2), ..Default::default() });
+        let d = SimDev::new(
+            1 << 20,
+            SimConfig {
+                seed: 1,
+                crash_after_ops: Some(2),
+                ..Default::default()
+            },
+        );
         block_on(async {
             assert!(d.write_at(blk(1), 0).await.1.is_ok());
             assert!(d.write_at(blk(1), 4096).await.1.is_ok());
@@ -307,7 +329,14 @@ mod tests {
 
     #[test]
     fn injected_errors_are_reported() {
-        let d = SimDev::new(1 << 20, SimConfig { seed: 3, write_error_rate: 1.0, ..Default::default() });
+        let d = SimDev::new(
+            1 << 20,
+            SimConfig {
+                seed: 3,
+                write_error_rate: 1.0,
+                ..Default::default()
+            },
+        );
         let r = block_on(d.write_at(blk(1), 0)).1;
         assert!(r.is_err());
         assert_eq!(d.stats().injected_errors, 1);

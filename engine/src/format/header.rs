@@ -163,7 +163,11 @@ impl PoolHeader {
         }
         let crc = get_u32(b, H_CRC);
         if crc != crc_with_hole(&b[..BLOCK_SIZE], H_CRC) {
-            return Err(Error::corrupt(Structure::PoolHeader, 0, "checksum mismatch"));
+            return Err(Error::corrupt(
+                Structure::PoolHeader,
+                0,
+                "checksum mismatch",
+            ));
         }
         let version = get_u32(b, H_VERSION);
         if version > FORMAT_VERSION {
@@ -224,13 +228,20 @@ mod tests {
     #[test]
     fn header_round_trip_and_flips_detected() {
         let geo = Geometry::compute([7; 16], 1 << 20, 65536).unwrap();
-        let h = PoolHeader { version: FORMAT_VERSION, geo, created_unix: 12345 };
+        let h = PoolHeader {
+            version: FORMAT_VERSION,
+            geo,
+            created_unix: 12345,
+        };
         let b = h.encode();
         assert_eq!(PoolHeader::decode(&b, 1 << 20).unwrap(), h);
         for i in [10usize, 20, 50, 90, 4000] {
             let mut c = b.clone();
             c[i] ^= 0x40;
-            assert!(PoolHeader::decode(&c, 1 << 20).is_err(), "flip at {i} undetected");
+            assert!(
+                PoolHeader::decode(&c, 1 << 20).is_err(),
+                "flip at {i} undetected"
+            );
         }
         let mut newer = h.clone();
         newer.version = 99;
@@ -238,7 +249,10 @@ mod tests {
             PoolHeader::decode(&newer.encode(), 1 << 20),
             Err(Error::UnsupportedVersion { found: 99, .. })
         ));
-        assert!(matches!(PoolHeader::decode(&vec![0; 4096], 1 << 20), Err(Error::NotAPool(_))));
+        assert!(matches!(
+            PoolHeader::decode(&vec![0; 4096], 1 << 20),
+            Err(Error::NotAPool(_))
+        ));
     }
 
     #[test]

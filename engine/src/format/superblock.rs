@@ -66,7 +66,10 @@ impl Superblock {
         put_u64(&mut b, O_EPOCH, self.log_epoch);
         put_u64(&mut b, O_LSN, self.log_start_lsn);
         put_u64(&mut b, O_SEQ, self.applied_seq);
-        for (i, r) in [self.lmap_root, self.rmap_root, self.refc_root].iter().enumerate() {
+        for (i, r) in [self.lmap_root, self.rmap_root, self.refc_root]
+            .iter()
+            .enumerate()
+        {
             put_u64(&mut b, O_ROOTS + i * 16, r.blk);
             b[O_ROOTS + i * 16 + 8] = r.height;
         }
@@ -138,15 +141,25 @@ mod tests {
             rmap_root: RootPtr { blk: 78, height: 1 },
             refc_root: RootPtr::default(),
             bitmap_crc: 0xdead,
-            counters: ZoneCounters { mapped_chunks: 1, logical_bytes: 65536, data_blocks: 9 },
+            counters: ZoneCounters {
+                mapped_chunks: 1,
+                logical_bytes: 65536,
+                data_blocks: 9,
+            },
         };
         let b = sb.encode();
-        assert_eq!(Superblock::decode(&b, 10, 3, &[9; 16]).unwrap(), Some(sb.clone()));
+        assert_eq!(
+            Superblock::decode(&b, 10, 3, &[9; 16]).unwrap(),
+            Some(sb.clone())
+        );
         assert!(Superblock::decode(&b, 10, 4, &[9; 16]).is_err());
         assert!(Superblock::decode(&b, 10, 3, &[8; 16]).is_err());
         let mut c = b.clone();
         c[50] ^= 2;
         assert!(Superblock::decode(&c, 10, 3, &[9; 16]).is_err());
-        assert_eq!(Superblock::decode(&vec![0; 4096], 10, 3, &[9; 16]).unwrap(), None);
+        assert_eq!(
+            Superblock::decode(&vec![0; 4096], 10, 3, &[9; 16]).unwrap(),
+            None
+        );
     }
 }

@@ -1,0 +1,225 @@
+//! Scrub: cross-check a zone's forward map, reverse map, bitmap and counters,
+//! and (deep) every chunk's stored bytes. Reports every inconsistency
+//! precisely instead of stopping at the first.
+
+use super::Zone;
+use crate::bitmap::Bitmap;
+use crate::dev::BlockDev;
+use crate::error::Result;
+use crate::format::{owner, ZoneCounters};
+use crate::lmap::LmapRec;
+use crate::rmap::RmapRec;
+use crate::volume::VolInfo;
+use std::collections::HashMap;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub zone: u32,
+    /// "lmap", "rmap", "bitmap", "counters", "data", ...
+    pub what: &'static str,
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "zone {} {}: {}", self.zone, self.what, self.detail)
+    }
+}
+
+impl<D: BlockDev> Zone<D> {
+    /// Check this zone against the volumes that exist (`vols` by id).
+    pub async fn check(&self, vols: &HashMap<u32, VolInfo>, deep: bool) -> Result<Vec<Problem>> {
+        let mut out = Vec::new();
+        let mut p = |what: &'static str, detail: String| {
+            out.push(Problem {
+                zone: self.idx,
+                what,
+                detail,
+            })
+        };
+        let g = &*self.geo;
+        let (lrecs, rrecs) = {
+            let mut t = self.trees.lock().await;
+            for s in t.lmap.check().await? {
+                p("lmap", s);
+            }
+            for s in t.rmap.check().await? {
+                p("rmap", s);
+            }
+            let mut l: Vec<LmapRec> = Vec::new();
+            t.lmap.for_each(|r| l.push(*r)).await?;
+            let mut r: Vec<RmapRec> = Vec::new();
+            t.rmap.for_each(|x| r.push(*x)).await?;
+            (l, r)
+        };
+
+        // Forward map -> reverse map, volumes and sizes.
+        let rindex: HashMap<(u32, u64, u64), RmapRec> = rrecs
+            .iter()
+            .map(|r| ((r.pblk, r.owner, r.offset), *r))
+            .collect();
+        let mut counters = ZoneCounters::default();
+        for l in &lrecs {
+            let e = l.ext;
+            counters.mapped_chunks += 1;
+            counters.logical_bytes += e.chunk_size();
+            counters.data_blocks += e.nblk as u64;
+            match vols.get(&l.vol) {
+                None => p(
+                    "lmap",
+                    format!("chunk {} of volume {} which does not exist", l.chunk, l.vol),
+                ),
+                Some(v) => {
+                    if l.chunk >= v.nchunks() {
+                        p(
+                            "lmap",
+                            format!("volume {} chunk {} is beyond its size", l.vol, l.chunk),
+                        );
+                    }
+                    if e.chunk_size() != v.chunk_size() as u64 {
+                        p(
+                            "lmap",
+                            format!(
+                                "volume {} chunk {} records chunk size {}",
+                                l.vol,
+                                l.chunk,
+                                e.chunk_size()
+                            ),
+                        );
+                    }
+                }
+            }
+            if e.pblk < g.data_start
+                || e.pblk as u64 + e.nblk as u64 > g.zone_blocks as u64
+                || e.nblk == 0
+            {
+                p(
+                    "lmap",
+                    format!(
+                        "volume {} chunk {} extent {}+{} outside the data area",
+                        l.vol, l.chunk, e.pblk, e.nblk
+                    ),
+                );
+            }
+            match rindex.get(&(e.pblk, l.vol as u64, l.chunk)) {
+                None => p(
+                    "rmap",
+                    format!(
+                        "no record for volume {} chunk {} at block {}",
+                        l.vol, l.chunk, e.pblk
+                    ),
+                ),
+                Some(r) if r.count != e.nblk as u32 => p(
+                    "rmap",
+                    format!(
+                        "volume {} chunk {}: rmap says {} blocks, lmap {}",
+                        l.vol, l.chunk, r.count, e.nblk
+                    ),
+                ),
+                _ => {}
+            }
+        }
+
+        // Reverse map -> owners, and the bitmap it implies.
+        let lindex: HashMap<(u32, u64), &LmapRec> =
+            lrecs.iter().map(|l| ((l.vol, l.chunk), l)).collect();
+        let mut expect = Bitmap::new(g.zone_blocks);
+        let specials = [
+            (0, g.log_start, owner::ZONE_HEADER),
+            (g.log_start, g.log_blocks, owner::LOG),
+            (g.meta_start, g.meta_blocks, owner::METADATA),
+        ];
+        let mut seen_special = [false; 3];
+        for r in &rrecs {
+            if r.pblk as u64 + r.count as u64 > g.zone_blocks as u64 || r.count == 0 {
+                p("rmap", format!("record {r:?} outside the zone"));
+                continue;
+            }
+            if r.owner >= owner::FIRST_SPECIAL {
+                match specials.iter().position(|s| s.2 == r.owner) {
+                    Some(i) if specials[i].0 == r.pblk && specials[i].1 == r.count => {
+                        seen_special[i] = true
+                    }
+                    _ => p(
+                        "rmap",
+                        format!(
+                            "unexpected special record {} at {}+{}",
+                            owner::name(r.owner),
+                            r.pblk,
+                            r.count
+                        ),
+                    ),
+                }
+            } else {
+                match lindex.get(&(r.owner as u32, r.offset)) {
+                    Some(l) if l.ext.pblk == r.pblk && l.ext.nblk as u32 == r.count => {}
+                    _ => p(
+                        "rmap",
+                        format!(
+                            "block {}+{} claims {} chunk {} but lmap disagrees",
+                            r.pblk,
+                            r.count,
+                            owner::name(r.owner),
+                            r.offset
+                        ),
+                    ),
+                }
+            }
+            for b in r.pblk..r.pblk + r.count {
+                if expect.get(b) {
+                    p("rmap", format!("block {b} has more than one owner"));
+                }
+                expect.set(b);
+            }
+        }
+        for (i, s) in specials.iter().enumerate() {
+            if !seen_special[i] {
+                p("rmap", format!("missing {} record", owner::name(s.2)));
+            }
+        }
+
+        {
+            let st = self.st.borrow();
+            let mut diffs = Vec::new();
+            for b in 0..g.zone_blocks {
+                if st.committed.get(b) != expect.get(b) {
+                    diffs.push(b);
+                }
+                if st.committed.get(b) && !st.alloc.get(b) {
+                    p("bitmap", format!("block {b} is referenced but allocatable"));
+                }
+            }
+            if !diffs.is_empty() {
+                p(
+                    "bitmap",
+                    format!(
+                        "{} blocks disagree with rmap (first: {:?})",
+                        diffs.len(),
+                        &diffs[..diffs.len().min(8)]
+                    ),
+                );
+            }
+            if st.counters != counters {
+                p(
+                    "counters",
+                    format!(
+                        "superblock counters {:?}, trees say {:?}",
+                        st.counters, counters
+                    ),
+                );
+            }
+        }
+
+        if deep {
+            for l in &lrecs {
+                if let Some(v) = vols.get(&l.vol) {
+                    if let Err(e) = self.load_chunk(&l.ext, v.chunk_size()).await {
+                        p("data", format!("volume {} chunk {}: {e}", l.vol, l.chunk));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,268 @@
+//! Chunk reads and writes.
+//!
+//! The dm-compress stale-read race is impossible by construction:
+//! - every read or write of a chunk holds that chunk's FIFO reader/writer
+//!   lock, so a read issued after a write waits for it, and writes to one
+//!   chunk are applied in arrival order;
+//! - data always goes to freshly allocated blocks (never over live data);
+//! - blocks a write frees stay *busy* (unallocatable) until the intent record
+//!   that freed them is durable, so no write can land on blocks that a crash
+//!   would bring back into use, nor on blocks a concurrent read still reads
+//!   (that read holds the chunk lock the freeing write needs).
+
+use super::Zone;
+use crate::buf::{AlignedBuf, BLOCK_SIZE};
+use crate::compress::{self, Encoded};
+use crate::dev::BlockDev;
+use crate::error::{Error, Result, Structure};
+use crate::intent_log::{Extent, Record};
+use crate::volume::{ChunkSpan, VolInfo};
+
+impl<D: BlockDev> Zone<D> {
+    /// Where (vol, chunk) is stored, if anywhere.
+    pub async fn lookup(&self, vol: u32, chunk: u64) -> Result<Option<Extent>> {
+        let mut t = self.trees.lock().await;
+        Ok(t.lmap.get(&(vol, chunk)).await?.map(|r| r.ext))
+    }
+
+    /// Whether the chunk holds data (false: a hole that reads as zeros).
+    pub async fn is_mapped(&self, vol: &VolInfo, chunk: u64) -> Result<bool> {
+        self.check_ok()?;
+        let _g = self.chunks.read((vol.id, chunk)).await;
+        Ok(self.lookup(vol.id, chunk).await?.is_some())
+    }
+
+    /// Read `span` of a chunk into `out` (`out.len() == span.len`).
+    pub async fn read(&self, vol: &VolInfo, span: ChunkSpan, out: &mut [u8]) -> Result<()> {
+        self.check_ok()?;
+        let cs = vol.chunk_size();
+        let _g = self.chunks.read((vol.id, span.chunk)).await;
+        let ext = self.lookup(vol.id, span.chunk).await?;
+        self.st.borrow_mut().stats.chunk_reads += 1;
+        match ext {
+            None => out.fill(0),
+            Some(e) if !e.compressed() && !span.full(cs) => {
+                // Raw chunk, partial read: fetch only the covering blocks.
+                // (The chunk crc is checked on full reads and by scrub.)
+                self.check_extent(&e, cs)?;
+                let first = span.off / BLOCK_SIZE;
+                let last = (span.off + span.len).div_ceil(BLOCK_SIZE);
+                let off = self.byte_off(e.pblk + first as u32);
+                let (buf, r) = self
+                    .dev
+                    .read_at(AlignedBuf::zeroed((last - first) * BLOCK_SIZE), off)
+                    .await;
+                r.map_err(|err| Error::io("read", off, err))?;
+                let s = span.off - first * BLOCK_SIZE;
+                out.copy_from_slice(&buf[s..s + span.len]);
+            }
+            Some(e) => {
+                let chunk = self.load_chunk(&e, cs).await?;
+                out.copy_from_slice(&chunk[span.off..span.off + span.len]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `data` over `span` of a chunk (read-modify-write when partial).
+    pub async fn write(&self, vol: &VolInfo, span: ChunkSpan, data: &[u8]) -> Result<()> {
+        self.check_ok()?;
+        if vol.read_only {
+            return Err(Error::ReadOnly(format!("volume {} is read-only", vol.id)));
+        }
+        let cs = vol.chunk_size();
+        let _g = self.chunks.write((vol.id, span.chunk)).await;
+        let chunk = if span.full(cs) {
+            AlignedBuf::from_slice(data)
+        } else {
+            let mut c = match self.lookup(vol.id, span.chunk).await? {
+                Some(e) => {
+                    self.st.borrow_mut().stats.rmw_reads += 1;
+                    self.load_chunk(&e, cs).await?
+                }
+                None => AlignedBuf::zeroed(cs),
+            };
+            c[span.off..span.off + span.len].copy_from_slice(data);
+            c
+        };
+        self.store(vol, span.chunk, chunk).await
+    }
+
+    /// Make `span` read as zeros; whole chunks become holes (TRIM and
+    /// WRITE_ZEROES both land here: a hole reads as zeros).
+    pub async fn write_zeroes(&self, vol: &VolInfo, span: ChunkSpan) -> Result<()> {
+        self.check_ok()?;
+        if vol.read_only {
+            return Err(Error::ReadOnly(format!("volume {} is read-only", vol.id)));
+        }
+        let cs = vol.chunk_size();
+        let _g = self.chunks.write((vol.id, span.chunk)).await;
+        let Some(e) = self.lookup(vol.id, span.chunk).await? else {
+            return Ok(());
+        };
+        if span.full(cs) {
+            return self
+                .commit(Record::Unmap {
+                    vol: vol.id,
+                    chunk: span.chunk,
+                })
+                .await;
+        }
+        let mut c = self.load_chunk(&e, cs).await?;
+        c[span.off..span.off + span.len].fill(0);
+        self.store(vol, span.chunk, c).await
+    }
+
+    /// Compress, allocate, write and commit a whole chunk. Caller holds the
+    /// chunk's write lock.
+    async fn store(&self, vol: &VolInfo, chunk: u64, data: AlignedBuf) -> Result<()> {
+        let cs = data.len();
+        let mut scratch = compress::scratch_for(cs);
+        let (buf, stored_len, compressed) =
+            match compress::encode(vol.compression, &data, &mut scratch) {
+                Encoded::Hole => {
+                    if self.lookup(vol.id, chunk).await?.is_some() {
+                        self.commit(Record::Unmap { vol: vol.id, chunk }).await?;
+                    }
+                    return Ok(());
+                }
+                Encoded::Raw => (data, cs, false),
+                Encoded::Compressed { len } => {
+                    let padded = len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+                    scratch.set_len(padded);
+                    scratch[len..].fill(0);
+                    (scratch, len, true)
+                }
+            };
+        let nblk = (buf.len() / BLOCK_SIZE) as u32;
+        let crc = crc32c::crc32c(&buf[..stored_len]);
+        let pblk = self.alloc(nblk).await?;
+        let off = self.byte_off(pblk);
+        let (_buf, r) = self.dev.write_at(buf, off).await;
+        if let Err(err) = r {
+            self.st.borrow_mut().alloc.clear_range(pblk, nblk);
+            return Err(Error::io("write", off, err));
+        }
+        self.st.borrow_mut().stats.data_blocks_written += nblk as u64;
+        self.st.borrow_mut().stats.chunk_writes += 1;
+        let ext = Extent {
+            pblk,
+            nblk: nblk as u16,
+            flags: Extent::flags_for(compressed, vol.chunk_shift),
+            stored_len: stored_len as u32,
+            crc,
+        };
+        self.commit(Record::Map {
+            vol: vol.id,
+            chunk,
+            ext,
+        })
+        .await
+    }
+
+    /// Reserve `n` contiguous free data blocks. When none are free but some
+    /// are busy, make the log durable (which frees them) and try again.
+    async fn alloc(&self, n: u32) -> Result<u32> {
+        for attempt in 0..2 {
+            {
+                let mut st = self.st.borrow_mut();
+                let (lo, hi) = (self.geo.data_start, self.geo.zone_blocks);
+                let from = st.cursor;
+                if let Some(p) = st.alloc.find_run(lo, hi, from, n) {
+                    st.alloc.set_range(p, n);
+                    st.cursor = p + n;
+                    return Ok(p);
+                }
+                if attempt == 1 || st.busy.is_empty() {
+                    break;
+                }
+            }
+            self.flush().await?;
+        }
+        Err(Error::NoSpace(format!(
+            "zone {} has no run of {} free blocks ({} free)",
+            self.idx,
+            n,
+            self.free_data_blocks()
+        )))
+    }
+
+    /// Sanity-check a forward-map extent before trusting it for I/O.
+    fn check_extent(&self, e: &Extent, cs: usize) -> Result<()> {
+        let end = e.pblk as u64 + e.nblk as u64;
+        let ok = e.pblk >= self.geo.data_start
+            && end <= self.geo.zone_blocks as u64
+            && e.nblk > 0
+            && e.stored_len as usize <= e.nblk as usize * BLOCK_SIZE
+            && e.chunk_size() == cs as u64
+            && (e.compressed() || e.stored_len as usize == cs);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::corrupt(
+                Structure::BtreeNode,
+                self.geo.abs(self.idx, self.geo.meta_start),
+                format!(
+                    "zone {} lmap extent {e:?} is impossible for a {cs}-byte chunk",
+                    self.idx
+                ),
+            ))
+        }
+    }
+
+    /// Read, verify and (if needed) decompress a whole chunk.
+    pub(crate) async fn load_chunk(&self, e: &Extent, cs: usize) -> Result<AlignedBuf> {
+        self.check_extent(e, cs)?;
+        let off = self.byte_off(e.pblk);
+        let (buf, r) = self
+            .dev
+            .read_at(AlignedBuf::zeroed(e.nblk as usize * BLOCK_SIZE), off)
+            .await;
+        r.map_err(|err| Error::io("read", off, err))?;
+        let stored = &buf[..e.stored_len as usize];
+        let blk = off / BLOCK_SIZE as u64;
+        if crc32c::crc32c(stored) != e.crc {
+            return Err(Error::corrupt(
+                Structure::ChunkData,
+                blk,
+                format!("checksum mismatch in zone {} ({} blocks)", self.idx, e.nblk),
+            ));
+        }
+        if e.compressed() {
+            let mut out = AlignedBuf::zeroed(cs);
+            compress::decode(stored, &mut out, blk)?;
+            Ok(out)
+        } else {
+            Ok(buf)
+        }
+    }
+
+    /// Unmap every chunk of `vol` at or beyond `first` (volume shrink).
+    pub async fn unmap_from(&self, vol: &VolInfo, first: u64) -> Result<()> {
+        loop {
+            let recs = {
+                let mut t = self.trees.lock().await;
+                t.lmap
+                    .range(&(vol.id, first), &(vol.id, u64::MAX), 256)
+                    .await?
+            };
+            if recs.is_empty() {
+                return Ok(());
+            }
+            for r in recs {
+                let _g = self.chunks.write((vol.id, r.chunk)).await;
+                self.commit(Record::Unmap {
+                    vol: vol.id,
+                    chunk: r.chunk,
+                })
+                .await?;
+            }
+        }
+    }
+
+    /// Remove every chunk of a volume from this zone (one intent record).
+    pub async fn delete_volume(&self, vol: u32) -> Result<()> {
+        self.check_ok()?;
+        self.commit(Record::DeleteVolume { vol }).await
+    }
+}

@@ -1,0 +1,358 @@
+//! Committing mapping changes: intent records, group commit, FLUSH, and
+//! copy-on-write checkpoints.
+//!
+//! Order of durability for a record: its data write completed before the
+//! record was appended; a log write first flushes the device (so the data is
+//! durable before any record naming it can be), then writes the log blocks,
+//! then flushes again. A checkpoint writes dirty tree nodes (to blocks no
+//! durable checkpoint references) and the bitmap copy of the other slot,
+//! flushes, writes that slot's superblock, and flushes.
+
+use super::{Busy, Trees, Zone};
+use crate::buf::{AlignedBuf, BLOCK_SIZE};
+use crate::dev::BlockDev;
+use crate::error::{Error, Result, Structure};
+use crate::format::superblock::RootPtr;
+use crate::format::{owner, Superblock};
+use crate::intent_log::{encode_block, Extent, LogBlockHeader, Record, LOG_HDR};
+use crate::lmap::LmapRec;
+use crate::rmap::RmapRec;
+
+/// Checkpoint when the log is this full (fraction in percent).
+const CHECKPOINT_LOG_PCT: u64 = 50;
+/// Keep this many metadata blocks free for one record's tree updates.
+const META_RESERVE: u32 = 24;
+
+impl<D: BlockDev> Zone<D> {
+    /// Log and apply one mapping change. Returns once it is applied in memory
+    /// (not necessarily durable: that is what `flush` is for).
+    pub(crate) async fn commit(&self, rec: Record) -> Result<()> {
+        if self.meta.free_blocks() < META_RESERVE {
+            // Pending frees of the metadata area come back at a checkpoint.
+            self.checkpoint().await?;
+            if self.meta.free_blocks() < META_RESERVE {
+                return Err(Error::NoSpace(format!(
+                    "zone {} metadata area is full",
+                    self.idx
+                )));
+            }
+        }
+        let mut t = self.trees.lock().await;
+        self.check_ok()?;
+        let seq = {
+            let mut st = self.st.borrow_mut();
+            let s = st.next_seq;
+            st.next_seq += 1;
+            st.pending.push((s, rec.clone()));
+            s
+        };
+        if let Err(e) = self.apply(&mut t, seq, &rec, true).await {
+            // The record is logged but only half applied: stop the zone;
+            // reopening replays the log over the last checkpoint.
+            self.fail(&e);
+            return Err(e);
+        }
+        drop(t);
+        let n = self.st.borrow().pending.len();
+        if n >= self.cfg.max_pending_records {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Apply a record to the trees and bitmaps. `live` is false during
+    /// replay, when freed blocks need no busy period.
+    pub(crate) async fn apply(
+        &self,
+        t: &mut Trees<D>,
+        seq: u64,
+        rec: &Record,
+        live: bool,
+    ) -> Result<()> {
+        match *rec {
+            Record::Map { vol, chunk, ext } => {
+                let old = t.lmap.insert(LmapRec { vol, chunk, ext }).await?;
+                if let Some(o) = old {
+                    self.unlink(t, seq, vol, chunk, o.ext, live).await?;
+                }
+                t.rmap
+                    .insert(RmapRec {
+                        pblk: ext.pblk,
+                        count: ext.nblk as u32,
+                        owner: vol as u64,
+                        offset: chunk,
+                        flags: 0,
+                    })
+                    .await?;
+                let mut st = self.st.borrow_mut();
+                st.committed.set_range(ext.pblk, ext.nblk as u32);
+                if !live {
+                    st.alloc.set_range(ext.pblk, ext.nblk as u32);
+                }
+                st.counters.mapped_chunks += 1;
+                st.counters.logical_bytes += ext.chunk_size();
+                st.counters.data_blocks += ext.nblk as u64;
+            }
+            Record::Unmap { vol, chunk } => {
+                if let Some(o) = t.lmap.remove(&(vol, chunk)).await? {
+                    self.unlink(t, seq, vol, chunk, o.ext, live).await?;
+                }
+            }
+            Record::DeleteVolume { vol } => loop {
+                let recs = t.lmap.range(&(vol, 0), &(vol, u64::MAX), 512).await?;
+                if recs.is_empty() {
+                    break;
+                }
+                for r in recs {
+                    t.lmap.remove(&(vol, r.chunk)).await?;
+                    self.unlink(t, seq, vol, r.chunk, r.ext, live).await?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Drop the reverse mapping and space of an extent that (vol, chunk) no
+    /// longer uses.
+    async fn unlink(
+        &self,
+        t: &mut Trees<D>,
+        seq: u64,
+        vol: u32,
+        chunk: u64,
+        e: Extent,
+        live: bool,
+    ) -> Result<()> {
+        if t.rmap.remove(&(e.pblk, vol as u64, chunk)).await?.is_none() {
+            return Err(Error::corrupt(
+                Structure::BtreeNode,
+                self.geo.abs(self.idx, e.pblk),
+                format!(
+                    "zone {}: rmap has no record for {} chunk {chunk} at block {}",
+                    self.idx,
+                    owner::name(vol as u64),
+                    e.pblk
+                ),
+            ));
+        }
+        let mut st = self.st.borrow_mut();
+        let n = e.nblk as u32;
+        st.committed.clear_range(e.pblk, n);
+        if live {
+            st.busy.push_back(Busy {
+                seq,
+                pblk: e.pblk,
+                nblk: n,
+            });
+        } else {
+            st.alloc.clear_range(e.pblk, n);
+        }
+        st.counters.mapped_chunks -= 1;
+        st.counters.logical_bytes -= e.chunk_size();
+        st.counters.data_blocks -= n as u64;
+        Ok(())
+    }
+
+    /// Make every change committed so far durable (NBD FLUSH).
+    pub async fn flush(&self) -> Result<()> {
+        self.check_ok()?;
+        let _l = self.log_lock.lock().await;
+        let r = self.flush_locked().await;
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    async fn flush_locked(&self) -> Result<()> {
+        let (recs, target, first_lsn, epoch) = {
+            let mut st = self.st.borrow_mut();
+            if st.pending.is_empty() {
+                return Ok(());
+            }
+            let recs = std::mem::take(&mut st.pending);
+            (recs, st.next_seq - 1, st.next_lsn, st.log_epoch)
+        };
+        let blocks = self.pack(&recs, first_lsn, epoch);
+        let nblocks = blocks.len() as u64 / BLOCK_SIZE as u64;
+        let (start, cap) = {
+            let st = self.st.borrow();
+            (st.start_lsn, self.geo.log_blocks as u64)
+        };
+        if first_lsn + nblocks - start > cap {
+            // No room in the ring: a checkpoint covers these records anyway.
+            return self.checkpoint_locked().await;
+        }
+        self.dev
+            .flush()
+            .await
+            .map_err(|e| Error::io("flush", 0, e))?;
+        self.write_log_blocks(blocks, first_lsn).await?;
+        self.dev
+            .flush()
+            .await
+            .map_err(|e| Error::io("flush", 0, e))?;
+        let used = {
+            let mut st = self.st.borrow_mut();
+            st.next_lsn = first_lsn + nblocks;
+            st.stats.log_flushes += 1;
+            st.stats.log_blocks_written += nblocks;
+            Self::made_durable(&mut st, target);
+            st.next_lsn - st.start_lsn
+        };
+        if used * 100 >= cap * CHECKPOINT_LOG_PCT {
+            self.checkpoint_locked().await?;
+        }
+        Ok(())
+    }
+
+    /// Records up to `seq` are durable: their freed blocks become free.
+    fn made_durable(st: &mut super::State, seq: u64) {
+        st.durable_seq = st.durable_seq.max(seq);
+        while let Some(b) = st.busy.front() {
+            if b.seq > st.durable_seq {
+                break;
+            }
+            let b = *b;
+            st.busy.pop_front();
+            st.alloc.clear_range(b.pblk, b.nblk);
+        }
+    }
+
+    /// Pack records into consecutive log blocks starting at `lsn`.
+    fn pack(&self, recs: &[(u64, Record)], lsn: u64, epoch: u64) -> AlignedBuf {
+        let mut blocks: Vec<u8> = Vec::new();
+        let mut payload = Vec::with_capacity(BLOCK_SIZE);
+        let mut first_seq = recs.first().map(|r| r.0).unwrap_or(0);
+        let mut nrec = 0u16;
+        let mut lsn = lsn;
+        let mut emit = |payload: &mut Vec<u8>, first_seq: u64, nrec: u16, lsn: &mut u64| {
+            let h = LogBlockHeader {
+                zone: self.idx,
+                epoch,
+                lsn: *lsn,
+                nrec,
+                used: payload.len() as u16,
+                first_seq,
+            };
+            let o = blocks.len();
+            blocks.resize(o + BLOCK_SIZE, 0);
+            encode_block(&h, payload, &mut blocks[o..]);
+            payload.clear();
+            *lsn += 1;
+        };
+        for (seq, r) in recs {
+            if payload.len() + r.encoded_len() > BLOCK_SIZE - LOG_HDR {
+                emit(&mut payload, first_seq, nrec, &mut lsn);
+                first_seq = *seq;
+                nrec = 0;
+            }
+            r.encode(*seq, &mut payload);
+            nrec += 1;
+        }
+        if nrec > 0 {
+            emit(&mut payload, first_seq, nrec, &mut lsn);
+        }
+        AlignedBuf::from_slice(&blocks)
+    }
+
+    /// Write packed blocks into the ring (at most two writes: before and
+    /// after the wrap point).
+    async fn write_log_blocks(&self, blocks: AlignedBuf, first_lsn: u64) -> Result<()> {
+        let cap = self.geo.log_blocks as u64;
+        let n = blocks.len() / BLOCK_SIZE;
+        let mut done = 0usize;
+        while done < n {
+            let lsn = first_lsn + done as u64;
+            let pos = (lsn % cap) as usize;
+            let run = (n - done).min(cap as usize - pos);
+            let part =
+                AlignedBuf::from_slice(&blocks[done * BLOCK_SIZE..(done + run) * BLOCK_SIZE]);
+            let off = self.byte_off(self.geo.log_start + pos as u32);
+            let (_b, r) = self.dev.write_at(part, off).await;
+            r.map_err(|e| Error::io("log write", off, e))?;
+            done += run;
+        }
+        Ok(())
+    }
+
+    /// Write a checkpoint now (also makes every committed change durable).
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.check_ok()?;
+        let _l = self.log_lock.lock().await;
+        self.checkpoint_locked().await
+    }
+
+    pub(crate) async fn checkpoint_locked(&self) -> Result<()> {
+        let mut t = self.trees.lock().await;
+        let r = self.checkpoint_inner(&mut t).await;
+        if let Err(e) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    async fn checkpoint_inner(&self, t: &mut Trees<D>) -> Result<()> {
+        let g = &*self.geo;
+        let bm_len = g.bm_blocks as usize * BLOCK_SIZE;
+        let mut bm = AlignedBuf::zeroed(bm_len);
+        let (applied, epoch, next_lsn, gen, counters) = {
+            let mut st = self.st.borrow_mut();
+            st.committed.to_bytes(&mut bm[..]);
+            st.pending.clear();
+            (
+                st.next_seq - 1,
+                st.log_epoch,
+                st.next_lsn,
+                st.sb_gen + 1,
+                st.counters,
+            )
+        };
+        let mc = self.meta.checkpoint_write().await?;
+        let dbytes = g.data_bitmap_bytes();
+        bm[dbytes..dbytes + mc.bitmap.len()].copy_from_slice(&mc.bitmap);
+        let bitmap_crc = crc32c::crc32c(&bm);
+        let slot = (gen % 2) as u32;
+        let bm_off = self.byte_off(2 + slot * g.bm_blocks);
+        let (_b, r) = self.dev.write_at(bm, bm_off).await;
+        r.map_err(|e| Error::io("bitmap write", bm_off, e))?;
+        self.dev
+            .flush()
+            .await
+            .map_err(|e| Error::io("flush", 0, e))?;
+        let root = |r: crate::btree::TreeRoot| RootPtr {
+            blk: r.blk,
+            height: r.height,
+        };
+        let sb = Superblock {
+            zone: self.idx,
+            uuid: g.uuid,
+            generation: gen,
+            log_epoch: epoch,
+            log_start_lsn: next_lsn,
+            applied_seq: applied,
+            lmap_root: root(t.lmap.root()),
+            rmap_root: root(t.rmap.root()),
+            refc_root: RootPtr::default(),
+            bitmap_crc,
+            counters,
+        };
+        let sb_off = self.byte_off(slot);
+        let (_b, r) = self
+            .dev
+            .write_at(AlignedBuf::from_slice(&sb.encode()), sb_off)
+            .await;
+        r.map_err(|e| Error::io("superblock write", sb_off, e))?;
+        self.dev
+            .flush()
+            .await
+            .map_err(|e| Error::io("flush", 0, e))?;
+        self.meta.checkpoint_committed(mc.epoch);
+        let mut st = self.st.borrow_mut();
+        st.sb_gen = gen;
+        st.start_lsn = next_lsn;
+        st.stats.checkpoints += 1;
+        Self::made_durable(&mut st, applied);
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! A zone: a fixed slice of the pool with its own superblock, bitmap, intent
+//! log, metadata trees and data blocks. One zone is owned by one thread; all
+//! its state lives here and is touched without locks (single-threaded async
+//! mutexes only order the zone's own tasks).
+//!
+//! - `io`: the chunk read/write paths, allocation, and the in-flight rules
+//!   that make the stale-read race impossible.
+//! - `log`: committing records, group commit, flush and checkpoints.
+//! - `recovery`: format, open and log replay.
+//! - `check`: scrub (cross-checks of lmap, rmap, bitmap and counters).
+
+mod check;
+mod io;
+mod log;
+mod recovery;
+
+pub use check::Problem;
+
+use crate::bitmap::Bitmap;
+use crate::btree::{Btree, DevTarget};
+use crate::dev::BlockDev;
+use crate::error::{Error, Result};
+use crate::format::{Geometry, ZoneCounters};
+use crate::intent_log::Record;
+use crate::lmap::Lmap;
+use crate::rmap::Rmap;
+use crate::sync::{KeyedRwLock, LocalMutex, Mutex};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+#[derive(Debug, Clone)]
+pub struct ZoneConfig {
+    /// Metadata nodes this zone may keep cached (4 KiB each).
+    pub cache_nodes: usize,
+    /// Group commit: write the log once this many records are pending.
+    pub max_pending_records: usize,
+}
+
+impl Default for ZoneConfig {
+    fn default() -> Self {
+        ZoneConfig {
+            cache_nodes: 1024,
+            max_pending_records: 4096,
+        }
+    }
+}
+
+/// Counters for reporting; not persisted.
+#[derive(Debug, Clone, Default)]
+pub struct ZoneStats {
+    pub chunk_reads: u64,
+    pub chunk_writes: u64,
+    pub rmw_reads: u64,
+    pub data_blocks_written: u64,
+    pub log_blocks_written: u64,
+    pub log_flushes: u64,
+    pub checkpoints: u64,
+    pub replayed_records: u64,
+}
+
+/// Blocks freed by record `seq`: reusable once that record is durable.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Busy {
+    seq: u64,
+    pblk: u32,
+    nblk: u32,
+}
+
+pub(crate) struct Trees<D: BlockDev> {
+    pub lmap: Btree<Lmap, DevTarget<D>>,
+    pub rmap: Btree<Rmap, DevTarget<D>>,
+}
+
+pub(crate) struct State {
+    /// Blocks not available to the allocator: committed, reserved by
+    /// in-flight writes, or busy (freed by a record not yet durable).
+    alloc: Bitmap,
+    /// Blocks referenced by the forward map (what a checkpoint persists).
+    committed: Bitmap,
+    busy: VecDeque<Busy>,
+    cursor: u32,
+    next_seq: u64,
+    durable_seq: u64,
+    log_epoch: u64,
+    next_lsn: u64,
+    start_lsn: u64,
+    pending: Vec<(u64, Record)>,
+    sb_gen: u64,
+    counters: ZoneCounters,
+    failed: Option<String>,
+    stats: ZoneStats,
+}
+
+pub struct Zone<D: BlockDev> {
+    idx: u32,
+    geo: Rc<Geometry>,
+    dev: Rc<D>,
+    meta: Rc<DevTarget<D>>,
+    trees: Mutex<Trees<D>>,
+    /// Orders log writes and checkpoints. Lock order: log_lock, then trees.
+    log_lock: LocalMutex,
+    st: RefCell<State>,
+    /// Per-(volume, chunk) ordering of reads and writes.
+    chunks: KeyedRwLock<(u32, u64)>,
+    cfg: ZoneConfig,
+}
+
+impl<D: BlockDev> Zone<D> {
+    pub fn index(&self) -> u32 {
+        self.idx
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    pub fn counters(&self) -> ZoneCounters {
+        self.st.borrow().counters
+    }
+
+    pub fn stats(&self) -> ZoneStats {
+        self.st.borrow().stats.clone()
+    }
+
+    /// Data blocks free for allocation now (busy blocks excluded).
+    pub fn free_data_blocks(&self) -> u32 {
+        let st = self.st.borrow();
+        self.geo.zone_blocks - st.alloc.count_ones()
+    }
+
+    /// Blocks in use: data, busy and reserved blocks plus this zone's fixed
+    /// regions (superblocks, bitmaps, log, metadata area).
+    pub fn used_blocks(&self) -> u32 {
+        self.st.borrow().alloc.count_ones()
+    }
+
+    pub fn is_failed(&self) -> Option<String> {
+        self.st.borrow().failed.clone()
+    }
+
+    fn check_ok(&self) -> Result<()> {
+        match &self.st.borrow().failed {
+            None => Ok(()),
+            Some(r) => Err(Error::Shutdown {
+                zone: self.idx,
+                reason: r.clone(),
+            }),
+        }
+    }
+
+    /// Stop serving after an error that may have left durable state unknown
+    /// (a failed log or checkpoint write); reopening the pool recovers.
+    fn fail(&self, e: &Error) {
+        let mut st = self.st.borrow_mut();
+        if st.failed.is_none() {
+            st.failed = Some(e.to_string());
+        }
+    }
+
+    /// Byte offset on the device of zone-relative block `rel`.
+    #[inline]
+    fn byte_off(&self, rel: u32) -> u64 {
+        self.geo.abs(self.idx, rel) * crate::BLOCK_SIZE as u64
+    }
+}

@@ -1,0 +1,441 @@
+//! Crash simulator: random workloads on a device that loses unflushed
+//! writes, tears multi-block writes and can fail; crash at a random point
+//! (sometimes again during recovery), recover, and check that
+//! - every write replied before the last completed FLUSH reads back exactly,
+//! - later writes read back as the old or the new data, per sector,
+//! - scrub (`check`, deep) finds nothing.
+//!
+//! Seeds: `SLUICE_CRASH_SEEDS=N` (default 2000) runs seeds 0..N;
+//! `SLUICE_CRASH_SEED=S` replays one seed. A failure prints the command.
+
+use futures::executor::block_on;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sluice_engine::dev::{SimConfig, SimDev};
+use sluice_engine::{Compression, Error, Pool, PoolOptions, VolInfo, ZoneConfig};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+const SECTOR: usize = 512;
+const DEV_SIZE: u64 = 10 << 20;
+
+/// What data a write id puts in a sector.
+#[derive(Clone, Copy)]
+enum Kind {
+    Random,
+    Compressible,
+    Zero,
+}
+
+fn sector_data(w: u64, kind: Kind, sector: u64, out: &mut [u8]) {
+    if w == 0 {
+        out.fill(0);
+        return;
+    }
+    let mut x = (w << 24) ^ sector ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    match kind {
+        Kind::Zero => out.fill(0),
+        Kind::Random => {
+            for c in out.chunks_mut(8) {
+                c.copy_from_slice(&next().to_le_bytes()[..c.len()]);
+            }
+        }
+        Kind::Compressible => {
+            out.fill(0);
+            // A tag so sectors differ, then a compressible body.
+            out[..8].copy_from_slice(&next().to_le_bytes());
+            out[8..16].copy_from_slice(&w.to_le_bytes());
+            for (i, b) in out[16..].iter_mut().enumerate() {
+                *b = (i % 7) as u8;
+            }
+        }
+    }
+}
+
+struct VolModel {
+    info: VolInfo,
+    /// Per sector: acceptable write ids, the last one current (0 = zeros).
+    cands: Vec<Vec<u64>>,
+}
+
+struct Model {
+    vols: HashMap<String, VolModel>,
+    kinds: HashMap<u64, Kind>,
+    /// Volumes whose create/delete was in flight at the crash.
+    uncertain: Vec<String>,
+    next_w: u64,
+    flushes: u64,
+}
+
+impl Model {
+    fn flushed(&mut self) {
+        for v in self.vols.values_mut() {
+            for c in v.cands.iter_mut() {
+                let last = *c.last().unwrap_or(&0);
+                c.clear();
+                c.push(last);
+            }
+        }
+    }
+}
+
+/// Runtime settings vary by seed: small caches force node write-back and
+/// eviction; large group commits give multi-block (tearable) log writes.
+fn opts(seed: u64) -> PoolOptions {
+    PoolOptions {
+        zone_size: 2 << 20,
+        zone: ZoneConfig {
+            cache_nodes: [8, 24, 256][(seed % 3) as usize],
+            max_pending_records: [16, 64, 400, 1000][(seed / 3 % 4) as usize],
+        },
+    }
+}
+
+fn pick_chunk(rng: &mut SmallRng) -> u64 {
+    [4096u64, 16384, 65536][rng.gen_range(0..3)]
+}
+
+#[derive(Default, Debug)]
+struct Totals {
+    ops: u64,
+    flushes_before_crash: u64,
+    sectors_verified: u64,
+    exact_sectors: u64,
+    replayed: u64,
+    recovery_crashes: u64,
+    nospace: u64,
+}
+
+/// One episode: 1-3 rounds of workload, crash, recovery and verification.
+/// Err(description) on a violated invariant.
+fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let dev = Rc::new(SimDev::new(
+        DEV_SIZE,
+        SimConfig {
+            seed,
+            ..Default::default()
+        },
+    ));
+    let mut pool = block_on(Pool::format_with_uuid(dev.clone(), &opts(seed), [1; 16]))
+        .map_err(|e| format!("format: {e}"))?;
+    let mut dev = dev;
+    let mut m = Model {
+        vols: HashMap::new(),
+        kinds: HashMap::new(),
+        uncertain: vec![],
+        next_w: 1,
+        flushes: 0,
+    };
+    let fill = seed % 7 == 3;
+    let rounds = rng.gen_range(1..=3);
+    for round in 0..rounds {
+        let inject_errors = seed % 5 == 4;
+        let nops = rng.gen_range(10..120);
+        let crash_at = dev.ops() + rng.gen_range(1..(nops as u64 * 6));
+        dev.configure(|c| {
+            c.crash_after_ops = Some(crash_at);
+            if inject_errors {
+                c.write_error_rate = 0.01;
+                c.read_error_rate = 0.005;
+                c.flush_error_rate = 0.01;
+            }
+        });
+        block_on(async {
+            for i in 0..nops {
+                let r = step(&pool, &mut m, &mut rng, round * 1000 + i, fill).await;
+                tot.ops += 1;
+                match r {
+                    Ok(()) => {}
+                    Err(Error::NoSpace(_)) => tot.nospace += 1,
+                    Err(_) => break, // power lost or an injected error: crash here
+                }
+            }
+        });
+        tot.flushes_before_crash += m.flushes;
+        dev.crash();
+        let mut image = dev.crash_image();
+        drop(pool);
+
+        // Recover, possibly crashing during recovery too.
+        let (p, d) = loop {
+            let crash_again = rng.gen_bool(0.25);
+            let d = Rc::new(SimDev::from_image(
+                image.clone(),
+                SimConfig {
+                    seed: seed ^ (0xabc + round as u64),
+                    ..Default::default()
+                },
+            ));
+            if crash_again {
+                d.configure(|c| c.crash_after_ops = Some(rng.gen_range(1..40)));
+            }
+            match block_on(Pool::open(d.clone(), &opts(seed))) {
+                Ok(p) if !d.crashed() => {
+                    d.configure(|c| c.crash_after_ops = None);
+                    break (p, d);
+                }
+                Ok(_) | Err(_) if crash_again => {
+                    tot.recovery_crashes += 1;
+                    image = d.crash_image();
+                }
+                Err(e) => return Err(format!("round {round}: recovery failed: {e}")),
+                Ok(_) => unreachable!(),
+            }
+        };
+        pool = p;
+        dev = d;
+        tot.replayed += pool
+            .zones()
+            .iter()
+            .map(|z| z.stats().replayed_records)
+            .sum::<u64>();
+        verify(&pool, &mut m, tot).map_err(|e| format!("round {round}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Scrub, then compare every sector with the model. Afterwards the model
+/// holds exactly what was read (the state the next round starts from).
+fn verify(pool: &Pool<SimDev>, m: &mut Model, tot: &mut Totals) -> Result<(), String> {
+    let problems = block_on(pool.check(true)).map_err(|e| format!("check: {e}"))?;
+    if !problems.is_empty() {
+        let p: Vec<String> = problems.iter().take(10).map(|p| p.to_string()).collect();
+        return Err(format!("check found {} problems: {:#?}", problems.len(), p));
+    }
+    let names: Vec<String> = pool.volumes().iter().map(|v| v.name.clone()).collect();
+    let mut gone = Vec::new();
+    let kinds = m.kinds.clone();
+    for (name, vm) in m.vols.iter_mut() {
+        let Ok(info) = pool.volume(name) else {
+            if m.uncertain.contains(name) {
+                gone.push(name.clone());
+                continue;
+            }
+            return Err(format!("volume {name} vanished (have {names:?})"));
+        };
+        if info.id != vm.info.id {
+            return Err(format!(
+                "volume {name} has id {} not {}",
+                info.id, vm.info.id
+            ));
+        }
+        let mut buf = vec![0u8; info.size as usize];
+        block_on(pool.read(&info, 0, &mut buf)).map_err(|e| format!("read {name}: {e}"))?;
+        let mut want = vec![0u8; SECTOR];
+        for (s, cands) in vm.cands.iter_mut().enumerate() {
+            let got = &buf[s * SECTOR..(s + 1) * SECTOR];
+            let hit = cands.iter().rev().copied().find(|&w| {
+                sector_data(
+                    w,
+                    kinds.get(&w).copied().unwrap_or(Kind::Zero),
+                    s as u64,
+                    &mut want,
+                );
+                want == got
+            });
+            tot.sectors_verified += 1;
+            if cands.len() == 1 && cands[0] != 0 {
+                tot.exact_sectors += 1;
+            }
+            match hit {
+                Some(w) => *cands = vec![w],
+                None => {
+                    return Err(format!(
+                        "volume {name} sector {s}: content matches none of the acceptable writes {cands:?}"
+                    ))
+                }
+            }
+        }
+    }
+    for n in &names {
+        if !m.vols.contains_key(n) && !m.uncertain.contains(n) {
+            return Err(format!("unexpected volume {n} after recovery"));
+        }
+    }
+    // Settle volumes whose create/delete was cut short.
+    for n in gone {
+        m.vols.remove(&n);
+    }
+    let unsettled: Vec<String> = m.uncertain.drain(..).collect();
+    for n in unsettled {
+        if !m.vols.contains_key(&n) {
+            if let Ok(info) = pool.volume(&n) {
+                let nsec = info.size as usize / SECTOR;
+                // A volume created just before the crash: it exists, empty.
+                let mut buf = vec![0u8; info.size as usize];
+                block_on(pool.read(&info, 0, &mut buf)).map_err(|e| format!("read {n}: {e}"))?;
+                if buf.iter().any(|&b| b != 0) {
+                    return Err(format!("new volume {n} is not empty"));
+                }
+                m.vols.insert(
+                    n,
+                    VolModel {
+                        info,
+                        cands: vec![vec![0]; nsec],
+                    },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn step(
+    pool: &Pool<SimDev>,
+    m: &mut Model,
+    rng: &mut SmallRng,
+    i: usize,
+    fill: bool,
+) -> Result<(), Error> {
+    let live: Vec<String> = m.vols.keys().cloned().collect();
+    let choice = if live.is_empty() {
+        0
+    } else {
+        rng.gen_range(0..100)
+    };
+    match choice {
+        0..=4 if m.vols.len() < 4 => {
+            let name = format!("v{i}");
+            let cs = pick_chunk(rng);
+            let size = cs * rng.gen_range(4..if fill { 160 } else { 40 });
+            let comp = if rng.gen_bool(0.7) {
+                Compression::Lz4
+            } else {
+                Compression::None
+            };
+            m.uncertain.push(name.clone());
+            let info = pool.create_volume(&name, size, cs, comp).await?;
+            m.uncertain.retain(|n| n != &name);
+            m.vols.insert(
+                name,
+                VolModel {
+                    info,
+                    cands: vec![vec![0]; size as usize / SECTOR],
+                },
+            );
+        }
+        5..=6 if live.len() > 1 => {
+            let name = live[rng.gen_range(0..live.len())].clone();
+            m.uncertain.push(name.clone());
+            pool.delete_volume(&name).await?;
+            m.vols.remove(&name);
+            m.uncertain.retain(|n| n != &name);
+        }
+        7..=16 => {
+            pool.flush().await?;
+            m.flushes += 1;
+            m.flushed();
+        }
+        _ if !live.is_empty() => {
+            let name = &live[rng.gen_range(0..live.len())];
+            let (info, nsec) = {
+                let v = &m.vols[name];
+                (v.info, v.cands.len() as u64)
+            };
+            let start = rng.gen_range(0..nsec);
+            let big = if fill { 4096 } else { 512 };
+            let max = (nsec - start).min(if rng.gen_bool(0.3) { big } else { 40 });
+            let n = rng.gen_range(1..=max);
+            let op = rng.gen_range(0..10);
+            let w = m.next_w;
+            m.next_w += 1;
+            let (kind, zeroing) = match op {
+                0..=3 => (Kind::Random, false),
+                4..=7 => (Kind::Compressible, false),
+                8 => (Kind::Zero, false),
+                _ => (Kind::Zero, true),
+            };
+            m.kinds.insert(w, kind);
+            let mut data = vec![0u8; (n as usize) * SECTOR];
+            for k in 0..n {
+                sector_data(
+                    w,
+                    kind,
+                    start + k,
+                    &mut data[k as usize * SECTOR..(k as usize + 1) * SECTOR],
+                );
+            }
+            {
+                let v = m.vols.get_mut(name).unwrap();
+                for k in start..start + n {
+                    v.cands[k as usize].push(w);
+                }
+            }
+            let r = if zeroing {
+                pool.write_zeroes(&info, start * SECTOR as u64, n * SECTOR as u64)
+                    .await
+            } else {
+                pool.write(&info, start * SECTOR as u64, &data).await
+            };
+            if let Err(Error::NoSpace(_)) = &r {
+                // Part of the write may have landed: learn what each sector holds now.
+                let mut buf = vec![0u8; data.len()];
+                pool.read(&info, start * SECTOR as u64, &mut buf).await?;
+                let v = m.vols.get_mut(name).unwrap();
+                let mut want = vec![0u8; SECTOR];
+                for k in 0..n as usize {
+                    let c = &mut v.cands[start as usize + k];
+                    let got = &buf[k * SECTOR..(k + 1) * SECTOR];
+                    let cur = c.iter().rev().copied().find(|&cw| {
+                        let kk = m.kinds.get(&cw).copied().unwrap_or(Kind::Zero);
+                        sector_data(cw, kk, start + k as u64, &mut want);
+                        want == got
+                    });
+                    if let Some(cw) = cur {
+                        c.push(cw);
+                    }
+                }
+            }
+            r?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[test]
+fn crash_simulator() {
+    let seeds: Vec<u64> = match std::env::var("SLUICE_CRASH_SEED") {
+        Ok(s) => vec![s.parse().expect("SLUICE_CRASH_SEED must be a number")],
+        Err(_) => {
+            let n: u64 = std::env::var("SLUICE_CRASH_SEEDS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(2000);
+            let first: u64 = std::env::var("SLUICE_CRASH_FIRST")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            (first..first + n).collect()
+        }
+    };
+    let t = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let mut tot = Totals::default();
+    for &seed in &seeds {
+        if let Err(e) = episode(seed, &mut tot) {
+            eprintln!(
+                "crash seed {seed} FAILED: {e}\n  replay: SLUICE_CRASH_SEED={seed} cargo test -p sluice-engine --test crash_sim -- --nocapture"
+            );
+            failures.push(seed);
+            if failures.len() >= 5 {
+                break;
+            }
+        }
+    }
+    eprintln!("{tot:?}");
+    eprintln!(
+        "crash simulator: {} seeds in {:.1}s, {} failed",
+        seeds.len(),
+        t.elapsed().as_secs_f64(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
