@@ -203,6 +203,55 @@ impl LocalMutex {
     }
 }
 
+/// An async mutex owning its value, for state that must stay consistent
+/// across `.await` points (a zone's trees during a multi-step update).
+pub struct Mutex<T> {
+    lock: LocalMutex,
+    val: std::cell::UnsafeCell<T>,
+}
+
+pub struct MutexGuard<'a, T> {
+    _g: LocalGuard<'a>,
+    val: &'a std::cell::UnsafeCell<T>,
+}
+
+impl<T> Mutex<T> {
+    pub fn new(v: T) -> Self {
+        Mutex {
+            lock: LocalMutex::default(),
+            val: std::cell::UnsafeCell::new(v),
+        }
+    }
+
+    pub async fn lock(&self) -> MutexGuard<'_, T> {
+        let g = self.lock.lock().await;
+        MutexGuard {
+            _g: g,
+            val: &self.val,
+        }
+    }
+
+    pub fn into_inner(self) -> T {
+        self.val.into_inner()
+    }
+}
+
+impl<T> std::ops::Deref for MutexGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the exclusive lock; Mutex is !Sync (UnsafeCell),
+        // so no other thread can reach the value.
+        unsafe { &*self.val.get() }
+    }
+}
+
+impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as above; exactly one guard exists at a time.
+        unsafe { &mut *self.val.get() }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,54 +348,5 @@ mod tests {
             let _g2 = lock.write(1).await;
         });
         assert!(!lock.is_busy(1));
-    }
-}
-
-/// An async mutex owning its value, for state that must stay consistent
-/// across `.await` points (a zone's trees during a multi-step update).
-pub struct Mutex<T> {
-    lock: LocalMutex,
-    val: std::cell::UnsafeCell<T>,
-}
-
-pub struct MutexGuard<'a, T> {
-    _g: LocalGuard<'a>,
-    val: &'a std::cell::UnsafeCell<T>,
-}
-
-impl<T> Mutex<T> {
-    pub fn new(v: T) -> Self {
-        Mutex {
-            lock: LocalMutex::default(),
-            val: std::cell::UnsafeCell::new(v),
-        }
-    }
-
-    pub async fn lock(&self) -> MutexGuard<'_, T> {
-        let g = self.lock.lock().await;
-        MutexGuard {
-            _g: g,
-            val: &self.val,
-        }
-    }
-
-    pub fn into_inner(self) -> T {
-        self.val.into_inner()
-    }
-}
-
-impl<T> std::ops::Deref for MutexGuard<'_, T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // SAFETY: the guard holds the exclusive lock; Mutex is !Sync (UnsafeCell),
-        // so no other thread can reach the value.
-        unsafe { &*self.val.get() }
-    }
-}
-
-impl<T> std::ops::DerefMut for MutexGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as above; exactly one guard exists at a time.
-        unsafe { &mut *self.val.get() }
     }
 }

@@ -53,7 +53,7 @@ fn block_of(image: &[u8], blk: u64) -> &[u8] {
 }
 
 #[test]
-fn flipped_byte_is_reported_with_its_block() {
+fn btree_flipped_byte_is_reported_with_its_block() {
     let mut rng = rng(seed_from_env(41), "flip");
     let (dev, root, bitmap) = build::<Big>(big_recs(3000));
     let blocks = block_on(reopen::<Big>(dev.image(), root, &bitmap).node_blocks()).unwrap();
@@ -88,7 +88,7 @@ fn flipped_byte_is_reported_with_its_block() {
 
 /// Targeted header damage, resealed so each check past the checksum runs.
 #[test]
-fn verify_names_what_is_wrong() {
+fn btree_verify_names_what_is_wrong() {
     let (dev, root, _) = build::<Big>(big_recs(500));
     let image = dev.image();
     let good = block_of(&image, root.blk).to_vec();
@@ -194,7 +194,7 @@ fn fuzz_verify<O: BtreeOps>(
 }
 
 #[test]
-fn verify_never_panics_on_any_bytes() {
+fn btree_verify_never_panics_on_any_bytes() {
     let mut rng = rng(seed_from_env(42), "fuzz verify");
     let (dev, root, bitmap) = build::<Big>(big_recs(400));
     let image = dev.image();
@@ -221,7 +221,7 @@ fn verify_never_panics_on_any_bytes() {
 /// keys, child pointers): every tree operation returns, Ok or Err, and
 /// never panics.
 #[test]
-fn tree_ops_on_sealed_garbage_never_panic() {
+fn btree_tree_ops_on_sealed_garbage_never_panic() {
     let mut rng = rng(seed_from_env(43), "sealed garbage");
     let recs: Vec<Iv> = (0..1500u32)
         .map(|i| Iv {

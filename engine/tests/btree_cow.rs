@@ -86,8 +86,8 @@ fn verify_image(image: Vec<u8>, saved: &Saved, seed: u64, what: &str) {
 /// reopened at the checkpoint must still hold the checkpoint's trees, both
 /// with every later write landed and with a seeded crash's subset of them.
 #[test]
-fn checkpoint_survives_later_writes() {
-    for seed in [11u64, 12, 13] {
+fn btree_checkpoint_survives_later_writes() {
+    for seed in [11u64, 12, 13, 14, 15, 16] {
         let seed = seed_from_env(seed);
         let mut rng = rng(seed, "cow");
         let dev = sim(seed);
@@ -152,7 +152,7 @@ fn checkpoint_survives_later_writes() {
 /// memory and see current data, and changes go to new blocks: the image
 /// reopened at that checkpoint shows the tree as of its snapshot.
 #[test]
-fn nodes_in_flight_stay_readable() {
+fn btree_nodes_in_flight_stay_readable() {
     for budget in [16usize, 1 << 20] {
         let seed = seed_from_env(21);
         let mut rng = rng(seed, "in flight");
@@ -224,7 +224,7 @@ fn nodes_in_flight_stay_readable() {
 }
 
 #[test]
-fn pending_frees_wait_for_commit() {
+fn btree_pending_frees_wait_for_commit() {
     let dev = Rc::new(MemDev::new((START + 2000) * BLOCK_SIZE as u64));
     let t = Rc::new(DevTarget::format(dev, START, 1000, ZONE, 64).unwrap());
     let mut tree = block_on(Btree::<Big, _>::create(t.clone())).unwrap();
@@ -278,7 +278,7 @@ fn pending_frees_wait_for_commit() {
 /// its path, so a completely full area cannot shrink by removals: the zone
 /// keeps a reserve. Destroying a tree needs no space.)
 #[test]
-fn no_space_leaves_tree_intact() {
+fn btree_no_space_leaves_tree_intact() {
     let dev = Rc::new(MemDev::new((START + 100) * BLOCK_SIZE as u64));
     let t = Rc::new(DevTarget::format(dev, START, 40, ZONE, 8).unwrap());
     let mut tree = block_on(Btree::<Big, _>::create(t.clone())).unwrap();
@@ -344,7 +344,7 @@ fn no_space_leaves_tree_intact() {
 /// operations or checkpoints fail, never lose or half-apply a change: the
 /// tree keeps matching the model, and a final clean checkpoint reopens to it.
 #[test]
-fn write_errors_lose_nothing() {
+fn btree_write_errors_lose_nothing() {
     let seed = seed_from_env(31);
     let mut rng = rng(seed, "write errors");
     let dev = sim(seed);
@@ -401,7 +401,7 @@ fn write_errors_lose_nothing() {
 }
 
 #[test]
-fn region_and_bitmap_are_validated() {
+fn btree_region_and_bitmap_are_validated() {
     let dev = Rc::new(MemDev::new(100 * BLOCK_SIZE as u64));
     assert!(matches!(
         DevTarget::format(dev.clone(), 90, 20, 0, 8),

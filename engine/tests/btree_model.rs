@@ -113,26 +113,26 @@ fn dev_run<O: BtreeOps<Key = u64, Rec = common::Kv>>(
 }
 
 #[test]
-fn small_records_mem_100k_ops() {
+fn btree_small_records_mem_100k_ops() {
     let st = mem_run::<Small>(0x5eed_0001, 60_000, 10_000);
     assert!(st.max_height >= 2, "{st:?}");
 }
 
 #[test]
-fn small_records_dev_100k_ops() {
+fn btree_small_records_dev_100k_ops() {
     let st = dev_run::<Small>(0x5eed_0002, 60_000, 10_000, 5_000);
     assert!(st.max_height >= 2, "{st:?}");
 }
 
 #[test]
-fn big_records_mem_100k_ops() {
+fn btree_big_records_mem_100k_ops() {
     let st = mem_run::<Big>(0x5eed_0003, 20_000, 5_000);
     assert!(st.max_height >= 4, "tree never got 4 levels: {st:?}");
     assert!(st.collapses > 0, "root never collapsed: {st:?}");
 }
 
 #[test]
-fn big_records_dev_100k_ops() {
+fn btree_big_records_dev_100k_ops() {
     let st = dev_run::<Big>(0x5eed_0004, 20_000, 5_000, 2_000);
     assert!(st.max_height >= 4, "tree never got 4 levels: {st:?}");
     assert!(st.collapses > 0, "root never collapsed: {st:?}");
@@ -206,10 +206,10 @@ fn apply_ops<T: sluice_engine::btree::BufTarget>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn proptest_big_records_mem(ops in prop::collection::vec(op(), 1..500)) {
+    fn btree_proptest_big_records_mem(ops in prop::collection::vec(op(), 1..500)) {
         let target = Rc::new(MemTarget::new(1, 8).unwrap());
         let mut tree = block_on(Btree::<Big, _>::create(target)).unwrap();
         let mut model = BTreeMap::new();
@@ -220,7 +220,7 @@ proptest! {
     /// landed) reopened at the last checkpoint must hold that checkpoint's
     /// tree: nothing after it overwrote a block it references.
     #[test]
-    fn proptest_big_records_dev_cow(ops in prop::collection::vec(op(), 1..500)) {
+    fn btree_proptest_big_records_dev_cow(ops in prop::collection::vec(op(), 1..500)) {
         let dev = Rc::new(MemDev::new(2048 * BLOCK_SIZE as u64));
         let target = Rc::new(DevTarget::format(dev.clone(), 8, 2000, 2, 8).unwrap());
         let mut tree = block_on(Btree::<Big, _>::create(target.clone())).unwrap();
@@ -252,7 +252,7 @@ fn kvs(n: u64) -> Vec<common::Kv> {
 }
 
 #[test]
-fn bulk_load_equals_inserting() {
+fn btree_bulk_load_equals_inserting() {
     let mut rng = rng(seed_from_env(77), "bulk");
     for n in [0u64, 1, 9, 10, 11, 17, 100, 1000, 3000] {
         for fill in [1u8, 60, 100] {
@@ -296,7 +296,7 @@ fn bulk_load_equals_inserting() {
 }
 
 #[test]
-fn bulk_load_rejects_unsorted_and_cleans_up_on_no_space() {
+fn btree_bulk_load_rejects_unsorted_and_cleans_up_on_no_space() {
     let mt = Rc::new(MemTarget::new(0, 16).unwrap());
     let mut recs = kvs(50);
     recs.swap(10, 11);

@@ -121,14 +121,14 @@ fn run<T: BufTarget>(
 }
 
 #[test]
-fn overlap_queries_match_brute_force_mem() {
+fn btree_overlap_queries_match_brute_force_mem() {
     let target = Rc::new(MemTarget::new(0, 12).unwrap());
     let mut tree = block_on(Btree::<Ivt, _>::create(target)).unwrap();
     run(&mut tree, 0x1_0001, |_| {});
 }
 
 #[test]
-fn overlap_queries_match_brute_force_dev() {
+fn btree_overlap_queries_match_brute_force_dev() {
     let dev = Rc::new(MemDev::new(8192 * BLOCK_SIZE as u64));
     let target = Rc::new(DevTarget::format(dev, 100, 8000, 9, 12).unwrap());
     let mut tree = block_on(Btree::<Ivt, _>::create(target.clone())).unwrap();
@@ -141,7 +141,7 @@ fn overlap_queries_match_brute_force_dev() {
 /// With disjoint intervals, a point query must read about one root-to-leaf
 /// path: the high keys in interior nodes let it skip every other subtree.
 #[test]
-fn high_keys_prune_subtrees() {
+fn btree_high_keys_prune_subtrees() {
     let target = Rc::new(MemTarget::new(0, 4096).unwrap());
     let recs: Vec<Iv> = (0..20_000u32)
         .map(|i| Iv {

@@ -104,6 +104,8 @@ fn pick_chunk(rng: &mut SmallRng) -> u64 {
 #[derive(Default, Debug)]
 struct Totals {
     ops: u64,
+    /// Power losses simulated: one per round plus those during recovery.
+    crash_points: u64,
     flushes_before_crash: u64,
     sectors_verified: u64,
     exact_sectors: u64,
@@ -159,6 +161,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
             }
         });
         tot.flushes_before_crash += m.flushes;
+        tot.crash_points += 1;
         dev.crash();
         let mut image = dev.crash_image();
         drop(pool);
@@ -183,6 +186,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
                 }
                 Ok(_) | Err(_) if crash_again => {
                     tot.recovery_crashes += 1;
+                    tot.crash_points += 1;
                     image = d.crash_image();
                 }
                 Err(e) => return Err(format!("round {round}: recovery failed: {e}")),
@@ -265,8 +269,8 @@ fn verify(pool: &Pool<SimDev>, m: &mut Model, tot: &mut Totals) -> Result<(), St
     }
     let unsettled: Vec<String> = m.uncertain.drain(..).collect();
     for n in unsettled {
-        if !m.vols.contains_key(&n) {
-            if let Ok(info) = pool.volume(&n) {
+        if let (false, Ok(info)) = (m.vols.contains_key(&n), pool.volume(&n)) {
+            {
                 let nsec = info.size as usize / SECTOR;
                 // A volume created just before the crash: it exists, empty.
                 let mut buf = vec![0u8; info.size as usize];

@@ -83,7 +83,7 @@ impl<S: Store> Cache<S> {
     }
 
     /// The cached node at `blk`, or read it and check it with `verify`.
-    pub async fn get(&self, blk: u64, verify: impl Fn(&[u8]) -> Result<()>) -> Result<NodeRef> {
+    async fn get(&self, blk: u64, verify: impl Fn(&[u8]) -> Result<()>) -> Result<NodeRef> {
         {
             let mut inner = self.inner.borrow_mut();
             inner.tick += 1;

@@ -34,34 +34,49 @@ impl<D: BlockDev> Zone<D> {
 
     /// Read `span` of a chunk into `out` (`out.len() == span.len`).
     pub async fn read(&self, vol: &VolInfo, span: ChunkSpan, out: &mut [u8]) -> Result<()> {
+        match self.read_span(vol, span).await? {
+            Some(buf) => out.copy_from_slice(&buf),
+            None => out.fill(0),
+        }
+        Ok(())
+    }
+
+    /// Read `span` of a chunk: `None` when the chunk is a hole (reads as
+    /// zeros), else a buffer of exactly `span.len` bytes.
+    pub async fn read_span(&self, vol: &VolInfo, span: ChunkSpan) -> Result<Option<AlignedBuf>> {
         self.check_ok()?;
         let cs = vol.chunk_size();
         let _g = self.chunks.read((vol.id, span.chunk)).await;
         let ext = self.lookup(vol.id, span.chunk).await?;
         self.st.borrow_mut().stats.chunk_reads += 1;
-        match ext {
-            None => out.fill(0),
-            Some(e) if !e.compressed() && !span.full(cs) => {
-                // Raw chunk, partial read: fetch only the covering blocks.
-                // (The chunk crc is checked on full reads and by scrub.)
-                self.check_extent(&e, cs)?;
-                let first = span.off / BLOCK_SIZE;
-                let last = (span.off + span.len).div_ceil(BLOCK_SIZE);
-                let off = self.byte_off(e.pblk + first as u32);
-                let (buf, r) = self
-                    .dev
-                    .read_at(AlignedBuf::zeroed((last - first) * BLOCK_SIZE), off)
-                    .await;
-                r.map_err(|err| Error::io("read", off, err))?;
-                let s = span.off - first * BLOCK_SIZE;
-                out.copy_from_slice(&buf[s..s + span.len]);
+        let Some(e) = ext else {
+            return Ok(None);
+        };
+        if !e.compressed() && !span.full(cs) {
+            // Raw chunk, partial read: fetch only the covering blocks.
+            // (The chunk crc is checked on full reads and by scrub.)
+            self.check_extent(&e, cs)?;
+            let first = span.off / BLOCK_SIZE;
+            let last = (span.off + span.len).div_ceil(BLOCK_SIZE);
+            let off = self.byte_off(e.pblk + first as u32);
+            let (mut buf, r) = self
+                .dev
+                .read_at(AlignedBuf::zeroed((last - first) * BLOCK_SIZE), off)
+                .await;
+            r.map_err(|err| Error::io("read", off, err))?;
+            let s = span.off - first * BLOCK_SIZE;
+            if s != 0 {
+                buf.copy_within(s..s + span.len, 0);
             }
-            Some(e) => {
-                let chunk = self.load_chunk(&e, cs).await?;
-                out.copy_from_slice(&chunk[span.off..span.off + span.len]);
-            }
+            buf.set_len(span.len);
+            return Ok(Some(buf));
         }
-        Ok(())
+        let mut chunk = self.load_chunk(&e, cs).await?;
+        if !span.full(cs) {
+            chunk.copy_within(span.off..span.off + span.len, 0);
+            chunk.set_len(span.len);
+        }
+        Ok(Some(chunk))
     }
 
     /// Write `data` over `span` of a chunk (read-modify-write when partial).
