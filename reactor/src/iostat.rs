@@ -1,0 +1,101 @@
+//! Per-volume I/O statistics. Each reactor counts the requests it serves in
+//! its own thread-local table (no locks, no atomics on the I/O path); a
+//! report gathers and merges the tables of every reactor.
+
+use crate::reactor::ReactorsHandle;
+use hdrhistogram::Histogram;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Read,
+    Write,
+    Flush,
+    Trim,
+}
+
+#[derive(Clone)]
+pub struct VolIo {
+    pub ops: [u64; 4],
+    pub bytes: [u64; 4],
+    pub errors: u64,
+    /// Latency in microseconds, reads and writes.
+    pub read_us: Histogram<u64>,
+    pub write_us: Histogram<u64>,
+}
+
+impl VolIo {
+    fn new() -> Self {
+        let h = || {
+            Histogram::new_with_bounds(1, 60_000_000, 2)
+                .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))
+        };
+        VolIo {
+            ops: [0; 4],
+            bytes: [0; 4],
+            errors: 0,
+            read_us: h(),
+            write_us: h(),
+        }
+    }
+
+    fn merge(&mut self, o: &VolIo) {
+        for i in 0..4 {
+            self.ops[i] += o.ops[i];
+            self.bytes[i] += o.bytes[i];
+        }
+        self.errors += o.errors;
+        let _ = self.read_us.add(&o.read_us);
+        let _ = self.write_us.add(&o.write_us);
+    }
+}
+
+thread_local! {
+    static TABLE: RefCell<HashMap<(String, u32), VolIo>> = RefCell::new(HashMap::new());
+}
+
+/// Count one finished request on the calling thread.
+pub fn record(pool: &str, vol: u32, kind: OpKind, bytes: u64, took: Duration, ok: bool) {
+    TABLE.with(|t| {
+        let mut t = t.borrow_mut();
+        let key = (pool.to_string(), vol);
+        let e = t.entry(key).or_insert_with(VolIo::new);
+        let i = kind as usize;
+        e.ops[i] += 1;
+        e.bytes[i] += bytes;
+        if !ok {
+            e.errors += 1;
+        }
+        let us = took.as_micros().clamp(1, 60_000_000) as u64;
+        match kind {
+            OpKind::Read => {
+                let _ = e.read_us.record(us);
+            }
+            OpKind::Write => {
+                let _ = e.write_us.record(us);
+            }
+            _ => {}
+        }
+    });
+}
+
+/// Merge the tables of all `n` reactors.
+pub fn gather(reactors: &ReactorsHandle, n: usize) -> HashMap<(String, u32), VolIo> {
+    let mut out: HashMap<(String, u32), VolIo> = HashMap::new();
+    for r in 0..n {
+        let part = reactors
+            .call(r, || async { TABLE.with(|t| t.borrow().clone()) })
+            .unwrap_or_default();
+        for (k, v) in part {
+            match out.get_mut(&k) {
+                Some(e) => e.merge(&v),
+                None => {
+                    out.insert(k, v);
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,664 @@
+//! A pool hosted on the reactors: each reactor opens the backing file with
+//! its own io_uring and owns the zones `z` with `z % reactors == index`
+//! (no locks on the I/O path: only the owner touches a zone). Reactor 0 also
+//! owns the pool header and catalog. Volume I/O is split by chunk; pieces for
+//! other reactors travel as messages and their results come back the same way.
+
+use crate::reactor::{current, ReactorsHandle};
+use crate::uring_dev::UringDev;
+use futures::future::join_all;
+use sluice_engine::format::{Catalog, Geometry, VolumeEntry, VOL_DELETING};
+use sluice_engine::volume::{ChunkSpan, VolInfo};
+use sluice_engine::zone::ZoneStats;
+use sluice_engine::{
+    AlignedBuf, Compression, Error, PoolMeta, Problem, Result, Zone, ZoneConfig, BLOCK_SIZE,
+};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+
+/// What one reactor holds of one pool.
+struct LocalPool {
+    zones: HashMap<u32, Rc<Zone<UringDev>>>,
+    meta: Option<Rc<PoolMeta<UringDev>>>,
+}
+
+thread_local! {
+    /// Pools by name, on this reactor.
+    static LOCAL: RefCell<HashMap<String, Rc<RefCell<LocalPool>>>> = RefCell::new(HashMap::new());
+}
+
+fn local(pool: &str) -> Result<Rc<RefCell<LocalPool>>> {
+    LOCAL
+        .with(|l| l.borrow().get(pool).cloned())
+        .ok_or_else(|| Error::NotFound(format!("pool '{pool}' on this reactor")))
+}
+
+fn local_zone(pool: &str, z: u32) -> Result<Rc<Zone<UringDev>>> {
+    local(pool)?
+        .borrow()
+        .zones
+        .get(&z)
+        .cloned()
+        .ok_or_else(|| Error::NotFound(format!("zone {z} of pool '{pool}' on this reactor")))
+}
+
+fn local_meta(pool: &str) -> Result<Rc<PoolMeta<UringDev>>> {
+    local(pool)?
+        .borrow()
+        .meta
+        .clone()
+        .ok_or_else(|| Error::Invalid(format!("pool '{pool}' catalog is not on this reactor")))
+}
+
+fn call_err(e: crate::error::CallError) -> Error {
+    Error::Shutdown {
+        zone: u32::MAX,
+        reason: format!("reactor unavailable: {e}"),
+    }
+}
+
+/// Space and counters of one pool (all zones).
+#[derive(Debug, Clone, Default)]
+pub struct PoolReport {
+    pub size_bytes: u64,
+    pub used_bytes: u64,
+    pub data_bytes: u64,
+    pub logical_used_bytes: u64,
+    pub zones: u32,
+    pub failed_zones: Vec<(u32, String)>,
+    pub stats: ZoneStats,
+}
+
+/// A pool served by a set of reactors. `Send + Sync`: the control plane and
+/// every reactor share it through an `Arc`.
+pub struct PoolHost {
+    pub name: String,
+    pub path: PathBuf,
+    geo: Geometry,
+    reactors: ReactorsHandle,
+    nreact: usize,
+    catalog: RwLock<Catalog>,
+}
+
+impl PoolHost {
+    /// Create the backing file (sparse, `size` bytes) unless it exists, format a pool on it and host it.
+    pub fn create(
+        reactors: ReactorsHandle,
+        nreact: usize,
+        name: &str,
+        path: &Path,
+        size: u64,
+        zone_size: u64,
+        cfg: ZoneConfig,
+    ) -> Result<Arc<Self>> {
+        let is_file = !path.exists()
+            || std::fs::metadata(path)
+                .map(|m| m.is_file())
+                .unwrap_or(false);
+        if is_file {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(|e| Error::io("create pool file", 0, e))?;
+            if size > 0 {
+                f.set_len(size)
+                    .map_err(|e| Error::io("size pool file", size, e))?;
+            }
+        }
+        let uuid = {
+            use rand_like::fill;
+            fill()
+        };
+        let (name_s, path_s) = (name.to_string(), path.to_path_buf());
+        let geo = reactors
+            .call(0, move || async move {
+                let dev = Rc::new(open_dev(&path_s)?);
+                let meta = PoolMeta::format(dev, zone_size, uuid).await?;
+                let geo = meta.geometry().clone();
+                install(&name_s, Some(Rc::new(meta)));
+                Ok::<_, Error>(geo)
+            })
+            .map_err(call_err)??;
+        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, true)?;
+        let catalog = reactors
+            .call(0, {
+                let n = name.to_string();
+                move || async move { local_meta(&n).map(|m| m.catalog()) }
+            })
+            .map_err(call_err)??;
+        Ok(Arc::new(PoolHost {
+            name: name.into(),
+            path: path.into(),
+            geo,
+            reactors,
+            nreact,
+            catalog: RwLock::new(catalog),
+        }))
+    }
+
+    /// Open an existing pool (replaying logs) and host it.
+    pub fn open(
+        reactors: ReactorsHandle,
+        nreact: usize,
+        name: &str,
+        path: &Path,
+        cfg: ZoneConfig,
+    ) -> Result<Arc<Self>> {
+        let (name_s, path_s) = (name.to_string(), path.to_path_buf());
+        let (geo, catalog) = reactors
+            .call(0, move || async move {
+                let dev = Rc::new(open_dev(&path_s)?);
+                let meta = PoolMeta::open(dev).await?;
+                let r = (meta.geometry().clone(), meta.catalog());
+                install(&name_s, Some(Rc::new(meta)));
+                Ok::<_, Error>(r)
+            })
+            .map_err(call_err)??;
+        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, false)?;
+        let host = Arc::new(PoolHost {
+            name: name.into(),
+            path: path.into(),
+            geo,
+            reactors,
+            nreact,
+            catalog: RwLock::new(catalog.clone()),
+        });
+        for v in catalog.volumes.iter().filter(|v| v.deleting()) {
+            host.finish_delete(v.id)?;
+        }
+        Ok(host)
+    }
+
+    /// Format or open every zone on its owning reactor, reactors in parallel.
+    fn start_zones(
+        reactors: &ReactorsHandle,
+        nreact: usize,
+        name: &str,
+        path: &Path,
+        geo: &Geometry,
+        cfg: ZoneConfig,
+        format: bool,
+    ) -> Result<()> {
+        let mut rxs = Vec::new();
+        for r in 0..nreact {
+            let (name, path, geo, cfg) = (
+                name.to_string(),
+                path.to_path_buf(),
+                geo.clone(),
+                cfg.clone(),
+            );
+            let (tx, rx) = std::sync::mpsc::channel();
+            reactors
+                .send(r, move || {
+                    crate::executor::spawn_local(async move {
+                        let res = async {
+                            let dev = Rc::new(open_dev(&path)?);
+                            let geo = Rc::new(geo);
+                            if r != 0 {
+                                install(&name, None);
+                            }
+                            let lp = local(&name)?;
+                            for z in (0..geo.nzones).filter(|z| *z as usize % nreact == r) {
+                                let zone = if format {
+                                    Zone::format(dev.clone(), geo.clone(), z, cfg.clone()).await?
+                                } else {
+                                    Zone::open(dev.clone(), geo.clone(), z, cfg.clone()).await?
+                                };
+                                lp.borrow_mut().zones.insert(z, Rc::new(zone));
+                            }
+                            Ok::<_, Error>(())
+                        }
+                        .await;
+                        let _ = tx.send(res);
+                    })
+                    .detach();
+                })
+                .map_err(|e| Error::Shutdown {
+                    zone: u32::MAX,
+                    reason: e.to_string(),
+                })?;
+            rxs.push(rx);
+        }
+        for rx in rxs {
+            rx.recv().map_err(|_| Error::Shutdown {
+                zone: u32::MAX,
+                reason: "reactor stopped".into(),
+            })??;
+        }
+        Ok(())
+    }
+
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        self.catalog.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn volume(&self, name: &str) -> Result<VolumeEntry> {
+        self.catalog()
+            .volumes
+            .into_iter()
+            .find(|v| v.name == name && !v.deleting())
+            .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
+    }
+
+    fn set_catalog(&self, c: Catalog) {
+        if let Ok(mut g) = self.catalog.write() {
+            *g = c;
+        }
+    }
+
+    /// Run a catalog change on reactor 0 and refresh the cached copy.
+    fn catalog_update<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Catalog) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let name = self.name.clone();
+        let (out, cat) = self
+            .reactors
+            .call(0, move || async move {
+                let m = local_meta(&name)?;
+                let out = m.update(f).await?;
+                Ok::<_, Error>((out, m.catalog()))
+            })
+            .map_err(call_err)??;
+        self.set_catalog(cat);
+        Ok(out)
+    }
+
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        chunk_size: u64,
+        compression: Compression,
+    ) -> Result<VolumeEntry> {
+        let (pool, n) = (self.name.clone(), name.to_string());
+        let (e, cat) = self
+            .reactors
+            .call(0, move || async move {
+                let m = local_meta(&pool)?;
+                let e = m.create_volume(&n, size, chunk_size, compression).await?;
+                Ok::<_, Error>((e, m.catalog()))
+            })
+            .map_err(call_err)??;
+        self.set_catalog(cat);
+        Ok(e)
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        let id = self.volume(name)?.id;
+        self.catalog_update(move |c| {
+            let e = c
+                .volumes
+                .iter_mut()
+                .find(|x| x.id == id)
+                .ok_or_else(|| Error::NotFound(format!("volume {id}")))?;
+            e.flags |= VOL_DELETING;
+            Ok(())
+        })?;
+        self.finish_delete(id)
+    }
+
+    fn finish_delete(&self, id: u32) -> Result<()> {
+        self.on_all_zones(move |z| async move {
+            z.delete_volume(id).await?;
+            z.flush().await
+        })?;
+        self.catalog_update(move |c| {
+            c.volumes.retain(|x| x.id != id);
+            Ok(())
+        })
+    }
+
+    pub fn resize_volume(self: &Arc<Self>, name: &str, size: u64) -> Result<VolumeEntry> {
+        let e = self.volume(name)?;
+        if size == 0 || !size.is_multiple_of(512) || size > 1 << 50 {
+            return Err(Error::Invalid(format!(
+                "volume size {size} must be a positive multiple of 512 up to 1 PiB"
+            )));
+        }
+        let v = VolInfo::from_entry(&e);
+        if size < v.size {
+            let cs = v.chunk_size() as u64;
+            let tail_end = (size.div_ceil(cs) * cs).min(v.size);
+            if tail_end > size {
+                let len = (tail_end - size) as u32;
+                let me = self.clone();
+                self.reactors
+                    .call(
+                        0,
+                        move || async move { me.write_zeroes(&v, size, len).await },
+                    )
+                    .map_err(call_err)??;
+            }
+            let first = size.div_ceil(cs);
+            self.on_all_zones(move |z| async move {
+                z.unmap_from(&v, first).await?;
+                z.flush().await
+            })?;
+        }
+        let id = v.id;
+        self.catalog_update(move |c| {
+            let e = c
+                .volumes
+                .iter_mut()
+                .find(|x| x.id == id)
+                .ok_or_else(|| Error::NotFound(format!("volume {id}")))?;
+            e.size = size;
+            Ok(e.clone())
+        })
+    }
+
+    /// Run `f` on every zone, on its reactor; blocking (control plane).
+    fn on_all_zones<F, Fut>(&self, f: F) -> Result<()>
+    where
+        F: Fn(Rc<Zone<UringDev>>) -> Fut + Send + Sync + Clone + 'static,
+        Fut: std::future::Future<Output = Result<()>> + 'static,
+    {
+        for r in 0..self.nreact {
+            let (name, f) = (self.name.clone(), f.clone());
+            self.reactors
+                .call(r, move || async move {
+                    let zones: Vec<Rc<Zone<UringDev>>> =
+                        local(&name)?.borrow().zones.values().cloned().collect();
+                    for z in zones {
+                        f(z).await?;
+                    }
+                    Ok::<_, Error>(())
+                })
+                .map_err(call_err)??;
+        }
+        Ok(())
+    }
+
+    /// Reactor owning zone `z`.
+    #[inline]
+    pub fn owner(&self, z: u32) -> usize {
+        z as usize % self.nreact
+    }
+
+    /// Run a per-zone future on the zone's owner: directly when that is the
+    /// calling reactor, else as a message.
+    async fn on_zone<T, F, Fut>(&self, z: u32, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Zone<UringDev>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + 'static,
+    {
+        let owner = self.owner(z);
+        if current().map(|c| c.index) == Some(owner) {
+            return f(local_zone(&self.name, z)?).await;
+        }
+        let name = self.name.clone();
+        self.reactors
+            .call_async(owner, move || async move { f(local_zone(&name, z)?).await })
+            .await
+            .map_err(call_err)?
+    }
+
+    /// Read `len` bytes: per chunk, `None` for holes. Chunks are read in parallel.
+    pub async fn read(
+        &self,
+        v: &VolInfo,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<(ChunkSpan, Option<AlignedBuf>)>> {
+        v.check_range(offset, len as u64)?;
+        let nz = self.geo.nzones;
+        let futs = v.split(offset, len as u64).map(|s| {
+            let v = *v;
+            async move {
+                let data = self
+                    .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
+                        z.read_span(&v, s).await
+                    })
+                    .await?;
+                Ok::<_, Error>((s, data))
+            }
+        });
+        join_all(futs).await.into_iter().collect()
+    }
+
+    pub async fn write(&self, v: &VolInfo, offset: u64, data: &[u8]) -> Result<()> {
+        v.check_range(offset, data.len() as u64)?;
+        let nz = self.geo.nzones;
+        let futs = v.split(offset, data.len() as u64).map(|s| {
+            let v = *v;
+            let piece = AlignedBuf::from_slice(&data[s.buf_off..s.buf_off + s.len]);
+            async move {
+                self.on_zone(v.zone_of(s.chunk, nz), move |z| async move {
+                    z.write(&v, s, &piece).await
+                })
+                .await
+            }
+        });
+        join_all(futs).await.into_iter().collect()
+    }
+
+    pub async fn write_zeroes(&self, v: &VolInfo, offset: u64, len: u32) -> Result<()> {
+        v.check_range(offset, len as u64)?;
+        let nz = self.geo.nzones;
+        let futs = v.split(offset, len as u64).map(|s| {
+            let v = *v;
+            async move {
+                self.on_zone(v.zone_of(s.chunk, nz), move |z| async move {
+                    z.write_zeroes(&v, s).await
+                })
+                .await
+            }
+        });
+        join_all(futs).await.into_iter().collect()
+    }
+
+    /// Allocation runs over a range: (offset, len, mapped), merged.
+    pub async fn block_status(
+        &self,
+        v: &VolInfo,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<(u64, u64, bool)>> {
+        v.check_range(offset, len as u64)?;
+        let nz = self.geo.nzones;
+        let futs = v.split(offset, len as u64).map(|s| {
+            let v = *v;
+            async move {
+                let m = self
+                    .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
+                        z.is_mapped(&v, s.chunk).await
+                    })
+                    .await?;
+                Ok::<_, Error>((offset + s.buf_off as u64, s.len as u64, m))
+            }
+        });
+        let mut out: Vec<(u64, u64, bool)> = Vec::new();
+        for r in join_all(futs).await {
+            let (o, l, m) = r?;
+            match out.last_mut() {
+                Some(last) if last.2 == m => last.1 += l,
+                _ => out.push((o, l, m)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Make every completed write durable: every reactor flushes its zones.
+    pub async fn flush(&self) -> Result<()> {
+        let futs = (0..self.nreact).map(|r| {
+            let name = self.name.clone();
+            async move {
+                let job = move || async move {
+                    let zones: Vec<Rc<Zone<UringDev>>> =
+                        local(&name)?.borrow().zones.values().cloned().collect();
+                    for r in join_all(zones.iter().map(|z| z.flush())).await {
+                        r?;
+                    }
+                    Ok::<_, Error>(())
+                };
+                if current().map(|c| c.index) == Some(r) {
+                    job().await
+                } else {
+                    self.reactors.call_async(r, job).await.map_err(call_err)?
+                }
+            }
+        });
+        join_all(futs).await.into_iter().collect()
+    }
+
+    /// Blocking flush from a control-plane thread.
+    pub fn flush_blocking(self: &Arc<Self>) -> Result<()> {
+        let me = self.clone();
+        self.reactors
+            .call(0, move || async move { me.flush().await })
+            .map_err(call_err)?
+    }
+
+    /// Checkpoint every zone (clean shutdown: nothing left to replay).
+    pub fn checkpoint_all(&self) -> Result<()> {
+        self.on_all_zones(|z| async move { z.checkpoint().await })
+    }
+
+    /// Space and counters gathered from every reactor.
+    pub fn report(&self) -> Result<PoolReport> {
+        let bs = BLOCK_SIZE as u64;
+        let mut rep = PoolReport {
+            size_bytes: self.geo.size_bytes(),
+            used_bytes: self.geo.pool_header_blocks() * bs,
+            zones: self.geo.nzones,
+            ..Default::default()
+        };
+        for r in 0..self.nreact {
+            let name = self.name.clone();
+            let parts = self
+                .reactors
+                .call(r, move || async move {
+                    let zones: Vec<Rc<Zone<UringDev>>> =
+                        local(&name)?.borrow().zones.values().cloned().collect();
+                    Ok::<_, Error>(
+                        zones
+                            .iter()
+                            .map(|z| {
+                                (
+                                    z.index(),
+                                    z.used_blocks(),
+                                    z.counters(),
+                                    z.stats(),
+                                    z.is_failed(),
+                                )
+                            })
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .map_err(call_err)??;
+            for (idx, used, c, s, failed) in parts {
+                rep.used_bytes += used as u64 * bs;
+                rep.data_bytes += c.data_blocks * bs;
+                rep.logical_used_bytes += c.logical_bytes;
+                rep.stats.chunk_reads += s.chunk_reads;
+                rep.stats.chunk_writes += s.chunk_writes;
+                rep.stats.log_flushes += s.log_flushes;
+                rep.stats.checkpoints += s.checkpoints;
+                rep.stats.data_blocks_written += s.data_blocks_written;
+                if let Some(f) = failed {
+                    rep.failed_zones.push((idx, f));
+                }
+            }
+        }
+        Ok(rep)
+    }
+
+    /// Zones each reactor owns.
+    pub fn zones_of(&self, r: usize) -> Vec<u32> {
+        (0..self.geo.nzones)
+            .filter(|z| self.owner(*z) == r)
+            .collect()
+    }
+
+    /// Scrub every zone (`deep` reads every chunk).
+    pub fn check(&self, deep: bool) -> Result<Vec<Problem>> {
+        let vols: HashMap<u32, VolInfo> = self
+            .catalog()
+            .volumes
+            .iter()
+            .map(|e| (e.id, VolInfo::from_entry(e)))
+            .collect();
+        let mut out = Vec::new();
+        for r in 0..self.nreact {
+            let (name, vols) = (self.name.clone(), vols.clone());
+            let p = self
+                .reactors
+                .call(r, move || async move {
+                    let zones: Vec<Rc<Zone<UringDev>>> =
+                        local(&name)?.borrow().zones.values().cloned().collect();
+                    let mut out = Vec::new();
+                    for z in zones {
+                        out.extend(z.check(&vols, deep).await?);
+                    }
+                    Ok::<_, Error>(out)
+                })
+                .map_err(call_err)??;
+            out.extend(p);
+        }
+        Ok(out)
+    }
+
+    /// Drop this pool's state from every reactor (after a checkpoint).
+    pub fn close(&self) -> Result<()> {
+        let r = self.checkpoint_all();
+        for i in 0..self.nreact {
+            let name = self.name.clone();
+            let _ = self.reactors.call(i, move || async move {
+                LOCAL.with(|l| l.borrow_mut().remove(&name));
+            });
+        }
+        r
+    }
+}
+
+/// Open the backing file with O_DIRECT; where the filesystem refuses it
+/// (tmpfs), fall back to buffered I/O — flushes still make data durable.
+fn open_dev(path: &Path) -> Result<UringDev> {
+    match UringDev::open(path) {
+        Ok(d) => Ok(d),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => UringDev::open_with(
+            path,
+            crate::uring_dev::UringDevOptions {
+                direct: false,
+                read_only: false,
+            },
+        )
+        .map_err(|e| Error::io("open", 0, e)),
+        Err(e) => Err(Error::io("open", 0, e)),
+    }
+}
+
+fn install(name: &str, meta: Option<Rc<PoolMeta<UringDev>>>) {
+    LOCAL.with(|l| {
+        l.borrow_mut().insert(
+            name.to_string(),
+            Rc::new(RefCell::new(LocalPool {
+                zones: HashMap::new(),
+                meta,
+            })),
+        );
+    });
+}
+
+mod rand_like {
+    /// A random pool UUID from the OS.
+    pub fn fill() -> [u8; 16] {
+        let mut u = [0u8; 16];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            use std::io::Read;
+            let _ = f.read_exact(&mut u);
+        }
+        u
+    }
+}
