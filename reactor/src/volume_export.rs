@@ -17,11 +17,28 @@ pub struct VolumeBackend {
 
 impl VolumeBackend {
     pub fn new(host: Arc<PoolHost>, vol: VolInfo, read_only: bool) -> Self {
-        VolumeBackend { host, vol, read_only }
+        VolumeBackend {
+            host,
+            vol,
+            read_only,
+        }
     }
 
-    fn done<T>(&self, kind: OpKind, bytes: u64, t: Instant, r: Result<T, Error>) -> Result<T, BackendError> {
-        iostat::record(&self.host.name, self.vol.id, kind, bytes, t.elapsed(), r.is_ok());
+    fn done<T>(
+        &self,
+        kind: OpKind,
+        bytes: u64,
+        t: Instant,
+        r: Result<T, Error>,
+    ) -> Result<T, BackendError> {
+        iostat::record(
+            &self.host.name,
+            self.vol.id,
+            kind,
+            bytes,
+            t.elapsed(),
+            r.is_ok(),
+        );
         r.map_err(to_backend)
     }
 }
@@ -29,7 +46,10 @@ impl VolumeBackend {
 /// Engine errors as NBD errnos with their message.
 pub fn to_backend(e: Error) -> BackendError {
     let errno = Errno::from_code(e.errno() as u32).unwrap_or(Errno::Io);
-    BackendError { errno, message: e.to_string() }
+    BackendError {
+        errno,
+        message: e.to_string(),
+    }
 }
 
 impl ExportBackend for VolumeBackend {
@@ -51,7 +71,10 @@ impl ExportBackend for VolumeBackend {
                     Some(buf) => segs.push(ReadSeg::Data { offset: off, buf }),
                     None => match segs.last_mut() {
                         Some(ReadSeg::Hole { len: l, .. }) => *l += s.len as u32,
-                        _ => segs.push(ReadSeg::Hole { offset: off, len: s.len as u32 }),
+                        _ => segs.push(ReadSeg::Hole {
+                            offset: off,
+                            len: s.len as u32,
+                        }),
                     },
                 }
             }
@@ -82,7 +105,12 @@ impl ExportBackend for VolumeBackend {
         self.done(OpKind::Trim, len as u64, t, r)
     }
 
-    async fn write_zeroes(&self, offset: u64, len: u32, _may_trim: bool) -> Result<(), BackendError> {
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        _may_trim: bool,
+    ) -> Result<(), BackendError> {
         // Zeroed whole chunks become holes either way: a hole reads as zeros
         // and costs no space, which is what NO_HOLE's callers need too.
         let t = Instant::now();
@@ -91,10 +119,17 @@ impl ExportBackend for VolumeBackend {
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, BackendError> {
-        let runs = self.host.block_status(&self.vol, offset, len).await.map_err(to_backend)?;
+        let runs = self
+            .host
+            .block_status(&self.vol, offset, len)
+            .await
+            .map_err(to_backend)?;
         Ok(runs
             .into_iter()
-            .map(|(_, l, mapped)| Extent { length: l as u32, flags: if mapped { 0 } else { STATE_HOLE | STATE_ZERO } })
+            .map(|(_, l, mapped)| Extent {
+                length: l as u32,
+                flags: if mapped { 0 } else { STATE_HOLE | STATE_ZERO },
+            })
             .collect())
     }
 }

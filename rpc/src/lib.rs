@@ -2,5 +2,6 @@
 
 pub mod cli;
 pub mod client;
+pub mod daemon;
 pub mod jsonrpc;
 pub mod size;

@@ -29,27 +29,112 @@ fn default_start_exports_vol0() {
 fn qemu_io_patterns_trim_holes_and_read_only_snapshot_export() {
     let d = Sluiced::start("qemuio", &[]);
     let u = d.uri("vol0");
-    run("qemu-io", &["-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 3M 512k", "-c", "write -P 0x11 5000 1024", &u]);
-    run("qemu-io", &["-f", "raw", "-c", "read -P 0xab 0 1M", "-c", "read -P 0xcd 3M 512k", "-c", "read -P 0x11 5000 1024", "-c", "read -P 0 1M 2M", &u]);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0xab 0 1M",
+            "-c",
+            "write -P 0xcd 3M 512k",
+            "-c",
+            "write -P 0x11 7345032 1024",
+            &u,
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0xab 0 1M",
+            "-c",
+            "read -P 0xcd 3M 512k",
+            "-c",
+            "read -P 0x11 7345032 1024",
+            "-c",
+            "read -P 0 1M 2M",
+            &u,
+        ],
+    );
     // A wrong pattern must be reported as a mismatch (the check can fail).
-    let bad = std::process::Command::new("qemu-io").args(["-f", "raw", "-c", "read -P 0xee 0 4k", &u]).output().expect("qemu-io");
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("Pattern verification failed"), "pattern check did not fail");
+    let bad = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "read -P 0xee 0 4k", &u])
+        .output()
+        .expect("qemu-io");
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("Pattern verification failed"),
+        "pattern check did not fail"
+    );
     let map = stdout(&run("nbdinfo", &["--map", &u]));
-    assert!(map.lines().next().is_some_and(|l| l.contains("data")), "{map}");
-    run("qemu-io", &["-f", "raw", "-c", "discard 0 1M", "-c", "write -z 3M 512k", &u]);
-    run("qemu-io", &["-f", "raw", "-c", "read -P 0 0 1M", "-c", "read -P 0 3M 512k", &u]);
+    assert!(
+        map.lines().next().is_some_and(|l| l.contains("data")),
+        "{map}"
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "discard 0 1M",
+            "-c",
+            "write -z 3M 512k",
+            &u,
+        ],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0 0 1M",
+            "-c",
+            "read -P 0 3M 512k",
+            &u,
+        ],
+    );
     let map = stdout(&run("nbdinfo", &["--map", &u]));
     let first = map.lines().next().unwrap_or("");
-    assert!(first.contains("hole"), "after discard the start must be a hole: {map}");
+    assert!(
+        first.contains("hole"),
+        "after discard the start must be a hole: {map}"
+    );
     // A read-only export of the same volume refuses writes.
-    d.ok("nbd_export_add", json!({"volume": "vol0", "name": "vol0-ro", "read_only": true}));
+    d.ok(
+        "nbd_export_add",
+        json!({"volume": "vol0", "name": "vol0-ro", "read_only": true}),
+    );
     let out = std::process::Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write -P 1 0 4k", &d.uri("vol0-ro")])
         .output()
         .expect("qemu-io");
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success() || all.contains("ermission") || all.contains("read-only") || all.contains("Read-only"), "{all}");
-    run("qemu-io", &["-r", "-f", "raw", "-c", "read -P 0xcd 3M+512k 512k", &d.uri("vol0-ro")]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success()
+            || all.contains("ermission")
+            || all.contains("read-only")
+            || all.contains("Read-only"),
+        "{all}"
+    );
+    run(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read -P 0x11 7345032 1024",
+            &d.uri("vol0-ro"),
+        ],
+    );
 }
 
 #[test]
@@ -58,26 +143,74 @@ fn qemu_img_convert_multi_gib_and_compare_back() {
     let img = d.dir.join("src.img");
     mixed_image(&img, 2 << 30);
     let img_s = img.display().to_string();
-    run("qemu-img", &["convert", "-n", "-f", "raw", "-O", "raw", &img_s, &d.uri("vol0")]);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &img_s,
+            &d.uri("vol0"),
+        ],
+    );
     // The target is bigger than the image: compare the image's extent.
-    run("qemu-img", &["compare", "-f", "raw", "-F", "raw", &img_s, &d.tcp_uri("vol0")])
-        .status
-        .success()
-        .then_some(())
-        .or_else(|| {
-            // qemu-img compare requires equal sizes or zeros beyond: the tail is a hole.
-            None
-        })
-        .expect("compare");
+    run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            &img_s,
+            &d.tcp_uri("vol0"),
+        ],
+    )
+    .status
+    .success()
+    .then_some(())
+    .or_else(|| {
+        // qemu-img compare requires equal sizes or zeros beyond: the tail is a hole.
+        None
+    })
+    .expect("compare");
     let out = d.dir.join("back.img");
-    run("qemu-img", &["convert", "-f", "raw", "-O", "raw", &d.uri("vol0"), &out.display().to_string()]);
-    run("cmp", &["-n", &(2u64 << 30).to_string(), &img_s, &out.display().to_string()]);
+    run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &d.uri("vol0"),
+            &out.display().to_string(),
+        ],
+    );
+    run(
+        "cmp",
+        &[
+            "-n",
+            &(2u64 << 30).to_string(),
+            &img_s,
+            &out.display().to_string(),
+        ],
+    );
     let pools = d.ok("pool_get_pools", json!({}));
     let logical = pools[0]["logical_used_bytes"].as_u64().unwrap_or(0);
     let data = pools[0]["data_bytes"].as_u64().unwrap_or(u64::MAX);
     // A quarter is zero (holes), half is text that lz4 packs well.
-    assert!(logical <= (2u64 << 30) * 3 / 4 + (64 << 20), "zero regions must be holes: logical {logical}");
-    assert!(data < logical * 3 / 4, "compression must save space: data {data} logical {logical}");
+    assert!(
+        logical <= (2u64 << 30) * 3 / 4 + (64 << 20),
+        "zero regions must be holes: logical {logical}"
+    );
+    assert!(
+        data < logical * 3 / 4,
+        "compression must save space: data {data} logical {logical}"
+    );
 }
 
 #[test]
@@ -85,10 +218,21 @@ fn nbdcopy_in_and_out_multi_conn() {
     let d = Sluiced::start("nbdcopy", &[]);
     let img = d.dir.join("in.img");
     mixed_image(&img, 256 << 20);
-    run("nbdcopy", &["--flush", &img.display().to_string(), &d.uri("vol0")]);
+    run(
+        "nbdcopy",
+        &["--flush", &img.display().to_string(), &d.uri("vol0")],
+    );
     let out = d.dir.join("out.img");
     run("nbdcopy", &[&d.tcp_uri("vol0"), &out.display().to_string()]);
-    run("cmp", &["-n", &(256u64 << 20).to_string(), &img.display().to_string(), &out.display().to_string()]);
+    run(
+        "cmp",
+        &[
+            "-n",
+            &(256u64 << 20).to_string(),
+            &img.display().to_string(),
+            &out.display().to_string(),
+        ],
+    );
 }
 
 fn fio(args: &[&str]) -> String {
@@ -98,14 +242,28 @@ fn fio(args: &[&str]) -> String {
 #[test]
 fn fio_verify_survives_clean_restart_and_kill9() {
     let mut d = Sluiced::start("fio", &[]);
-    d.ok("volume_create", json!({"name": "raw", "size": "1G", "chunk_size": "4K", "compression": "none"}));
+    d.ok(
+        "volume_create",
+        json!({"name": "raw", "size": "1G", "chunk_size": "4K", "compression": "none"}),
+    );
     d.ok("nbd_export_add", json!({"volume": "raw"}));
     for (vol, bs) in [("vol0", "4k"), ("raw", "4k")] {
         let uri = d.uri(vol);
         let base = [
-            "--name=v", "--ioengine=nbd", "--rw=randwrite", "--bs", bs, "--iodepth=32", "--numjobs=2",
-            "--size=256M", "--offset_increment=256M", "--verify=crc32c", "--verify_fatal=1", "--randrepeat=1",
-            "--group_reporting", "--output-format=terse",
+            "--name=v",
+            "--ioengine=nbd",
+            "--rw=randwrite",
+            "--bs",
+            bs,
+            "--iodepth=32",
+            "--numjobs=2",
+            "--size=256M",
+            "--offset_increment=256M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--randrepeat=1",
+            "--group_reporting",
+            "--output-format=terse",
         ];
         let mut a: Vec<String> = base.iter().map(|s| s.to_string()).collect();
         a.push(format!("--uri={uri}"));
@@ -118,9 +276,20 @@ fn fio_verify_survives_clean_restart_and_kill9() {
         for vol in ["vol0", "raw"] {
             let uri = d.uri(vol);
             let a: Vec<String> = [
-                "--name=v", "--ioengine=nbd", "--rw=randwrite", "--bs=4k", "--iodepth=32", "--numjobs=2",
-                "--size=256M", "--offset_increment=256M", "--verify=crc32c", "--verify_only=1", "--verify_fatal=1",
-                "--randrepeat=1", "--group_reporting", "--output-format=terse",
+                "--name=v",
+                "--ioengine=nbd",
+                "--rw=randwrite",
+                "--bs=4k",
+                "--iodepth=32",
+                "--numjobs=2",
+                "--size=256M",
+                "--offset_increment=256M",
+                "--verify=crc32c",
+                "--verify_only=1",
+                "--verify_fatal=1",
+                "--randrepeat=1",
+                "--group_reporting",
+                "--output-format=terse",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -147,16 +316,36 @@ fn garbage_clients_do_not_hurt_others() {
     let mut d = Sluiced::start("garbage", &[]);
     let u = d.uri("vol0");
     run("qemu-io", &["-f", "raw", "-c", "write -P 0x5a 0 64k", &u]);
-    for junk in [&b"GET / HTTP/1.0\r\n\r\n"[..], &[0xffu8; 4096][..], &b"NBDMAGIC"[..], &[][..]] {
+    for junk in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        &[0xffu8; 4096][..],
+        &b"NBDMAGIC"[..],
+        &[][..],
+    ] {
         let mut s = std::os::unix::net::UnixStream::connect(d.nbd_sock()).expect("connect");
         let _ = s.write_all(junk);
         let _ = s.shutdown(std::net::Shutdown::Write);
         let mut sink = Vec::new();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok();
         let _ = s.read_to_end(&mut sink);
     }
     // A client that vanishes mid-transmission.
-    run("nbdsh", &["-u", &u, "-c", "h.aio_pread(4096, 0); import os; os._exit(0)"]).status.success();
+    let _ = run(
+        "nbdsh",
+        &[
+            "-u",
+            &u,
+            "-c",
+            "b = nbd.Buffer(1 << 20)",
+            "-c",
+            "[h.aio_pread(b, i << 20) for i in range(16)]",
+            "-c",
+            "import os",
+            "-c",
+            "os._exit(0)",
+        ],
+    );
     assert!(d.alive(), "daemon died");
     run("qemu-io", &["-f", "raw", "-c", "read -P 0x5a 0 64k", &u]);
 }

@@ -52,12 +52,19 @@ struct Args {
 }
 
 fn allowed_cores() -> Vec<usize> {
-    core_ids().unwrap_or_else(|| (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect())
+    core_ids().unwrap_or_else(|| {
+        (0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1))
+            .collect()
+    })
 }
 
 fn core_ids() -> Option<Vec<usize>> {
     let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
-    let v: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|&i| set.is_set(i).unwrap_or(false)).collect();
+    let v: Vec<usize> = (0..nix::sched::CpuSet::count())
+        .filter(|&i| set.is_set(i).unwrap_or(false))
+        .collect();
     (!v.is_empty()).then_some(v)
 }
 
@@ -69,14 +76,21 @@ fn main() -> Result<()> {
     sigs.add(Signal::SIGTERM);
     sigs.thread_block().context("block signals")?;
 
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("create {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)?;
-    let rpc_path = args.rpc_socket.clone().unwrap_or_else(|| data_dir.join("rpc.sock"));
+    let rpc_path = args
+        .rpc_socket
+        .clone()
+        .unwrap_or_else(|| data_dir.join("rpc.sock"));
     let cores = args.cores.clone().unwrap_or_else(allowed_cores);
     let reactors = Reactors::start(&cores, RingConfig::default()).context("start reactors")?;
     let opts = DaemonOptions {
         data_dir: data_dir.clone(),
-        zone: ZoneConfig { cache_nodes: args.cache_nodes, ..ZoneConfig::default() },
+        zone: ZoneConfig {
+            cache_nodes: args.cache_nodes,
+            ..ZoneConfig::default()
+        },
         config_path: data_dir.join("config.json"),
     };
     let daemon = Daemon::new(opts, reactors);
@@ -101,15 +115,24 @@ fn main() -> Result<()> {
         }
     }
 
-    let server = serve_unix(&rpc_path, reg.clone(), stop.clone()).with_context(|| format!("listen on {}", rpc_path.display()))?;
+    let server = serve_unix(&rpc_path, reg.clone(), stop.clone())
+        .with_context(|| format!("listen on {}", rpc_path.display()))?;
     eprintln!(
         "sluiced: ready — JSON-RPC on {}, {} reactor(s) on cores {:?}",
         rpc_path.display(),
         cores.len(),
         cores
     );
-    for e in daemon.exports.read().map(|e| e.values().cloned().collect::<Vec<_>>()).unwrap_or_default() {
-        eprintln!("sluiced: export '{}' (volume {} of pool {})", e.name, e.volume, e.pool);
+    for e in daemon
+        .exports
+        .read()
+        .map(|e| e.values().cloned().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
+        eprintln!(
+            "sluiced: export '{}' (volume {} of pool {})",
+            e.name, e.volume, e.pool
+        );
     }
 
     // Wait for a signal or the shutdown method.
@@ -137,20 +160,35 @@ fn main() -> Result<()> {
 }
 
 /// First start: the default pool, volume and exports.
-fn default_calls(args: &Args, data_dir: &std::path::Path) -> Result<Vec<(String, serde_json::Value)>> {
+fn default_calls(
+    args: &Args,
+    data_dir: &std::path::Path,
+) -> Result<Vec<(String, serde_json::Value)>> {
     let pool_path = data_dir.join("pool0.img");
     let size = parse_size(&args.pool_size).map_err(|e| anyhow::anyhow!("--pool-size: {e}"))?;
     let zone = parse_size(&args.zone_size).map_err(|e| anyhow::anyhow!("--zone-size: {e}"))?;
     let mut calls = vec![if pool_path.exists() {
-        ("pool_import".to_string(), json!({"name": "pool0", "path": pool_path}))
+        (
+            "pool_import".to_string(),
+            json!({"name": "pool0", "path": pool_path}),
+        )
     } else {
-        ("pool_create".to_string(), json!({"name": "pool0", "path": pool_path, "size": size, "zone_size": zone}))
+        (
+            "pool_create".to_string(),
+            json!({"name": "pool0", "path": pool_path, "size": size, "zone_size": zone}),
+        )
     }];
     let tcp = (args.nbd_tcp != "none").then(|| args.nbd_tcp.clone());
-    calls.push(("nbd_server_start".into(), json!({"unix": data_dir.join("nbd.sock"), "tcp": tcp})));
+    calls.push((
+        "nbd_server_start".into(),
+        json!({"unix": data_dir.join("nbd.sock"), "tcp": tcp}),
+    ));
     if !args.no_default_volume {
         if !pool_path.exists() {
-            calls.push(("volume_create".into(), json!({"name": "vol0", "size": size, "chunk_size": 65536, "compression": "lz4"})));
+            calls.push((
+                "volume_create".into(),
+                json!({"name": "vol0", "size": size, "chunk_size": 65536, "compression": "lz4"}),
+            ));
         }
         calls.push(("nbd_export_add".into(), json!({"volume": "vol0"})));
     }

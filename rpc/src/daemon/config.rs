@@ -52,9 +52,19 @@ pub fn read_calls(path: &Path) -> Result<Vec<(String, Value)>, String> {
         Value::Array(a) => a,
         Value::Object(mut o) => match o.remove("calls") {
             Some(Value::Array(a)) => a,
-            _ => return Err(format!("{}: expected a JSON list of method calls", path.display())),
+            _ => {
+                return Err(format!(
+                    "{}: expected a JSON list of method calls",
+                    path.display()
+                ))
+            }
         },
-        _ => return Err(format!("{}: expected a JSON list of method calls", path.display())),
+        _ => {
+            return Err(format!(
+                "{}: expected a JSON list of method calls",
+                path.display()
+            ))
+        }
     };
     arr.into_iter()
         .enumerate()

@@ -31,7 +31,10 @@ impl ExportProvider for Provider {
     type Backend = VolumeBackend;
 
     fn list(&self) -> Vec<String> {
-        self.exports.read().map(|e| e.keys().cloned().collect()).unwrap_or_default()
+        self.exports
+            .read()
+            .map(|e| e.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn lookup(&self, name: &str) -> Option<ExportInfo> {
@@ -64,7 +67,10 @@ impl NbdState {
 
 impl Daemon {
     pub fn nbd_start(&self, unix: Option<PathBuf>, tcp: Option<String>) -> Result<Value, RpcError> {
-        let mut g = self.nbd.lock().map_err(|_| RpcError::internal("poisoned"))?;
+        let mut g = self
+            .nbd
+            .lock()
+            .map_err(|_| RpcError::internal("poisoned"))?;
         if g.is_some() {
             return Err(RpcError::exists("the NBD server is already running"));
         }
@@ -78,9 +84,17 @@ impl Daemon {
         if listen.is_empty() {
             return Err(RpcError::invalid_params("give \"unix\" and/or \"tcp\""));
         }
-        let provider = Arc::new(Provider { exports: self.exports.clone(), pools: self.pools_arc() });
-        let server = NbdServer::start(&self.reactors, listen, provider).map_err(|e| RpcError::io(format!("NBD server: {e}")))?;
-        *g = Some(NbdState { server, unix: unix.clone(), tcp: tcp.clone() });
+        let provider = Arc::new(Provider {
+            exports: self.exports.clone(),
+            pools: self.pools_arc(),
+        });
+        let server = NbdServer::start(&self.reactors.handle(), listen, provider)
+            .map_err(|e| RpcError::io(format!("NBD server: {e}")))?;
+        *g = Some(NbdState {
+            server,
+            unix: unix.clone(),
+            tcp: tcp.clone(),
+        });
         Ok(json!({"unix": unix, "tcp": tcp}))
     }
 
@@ -88,7 +102,7 @@ impl Daemon {
     pub fn nbd_disconnect(&self, name: &str) {
         if let Ok(g) = self.nbd.lock() {
             if let Some(s) = g.as_ref() {
-                s.server.disconnect_export(name);
+                let _ = s.server.disconnect_export(name);
             }
         }
     }
@@ -103,7 +117,10 @@ impl Daemon {
 
     pub fn iostat(&self, name: Option<&str>) -> Result<Vec<Value>, RpcError> {
         let stats = sluice_reactor::iostat::gather(&self.reactors.handle(), self.reactors.len());
-        let pools = self.pools.read().map_err(|_| RpcError::internal("poisoned"))?;
+        let pools = self
+            .pools
+            .read()
+            .map_err(|_| RpcError::internal("poisoned"))?;
         let mut out = Vec::new();
         for pool in pools.values() {
             for v in pool.catalog().volumes.iter().filter(|v| !v.deleting()) {
@@ -113,7 +130,9 @@ impl Daemon {
                 let s = stats.get(&(pool.name.clone(), v.id));
                 let ops = |i: usize| s.map(|s| s.ops[i]).unwrap_or(0);
                 let bytes = |i: usize| s.map(|s| s.bytes[i]).unwrap_or(0);
-                let pct = |h: Option<&hdrhistogram::Histogram<u64>>, q: f64| h.filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(q));
+                let pct = |h: Option<&hdrhistogram::Histogram<u64>>, q: f64| {
+                    h.filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(q))
+                };
                 out.push(json!({
                     "name": v.name, "pool": pool.name,
                     "read_ops": ops(0), "read_bytes": bytes(0),

@@ -99,7 +99,11 @@ struct SaveConfig {
 fn pool_json(p: &PoolHost) -> Result<Value, RpcError> {
     let r = p.report().map_err(rpc_err)?;
     let g = p.geometry();
-    let ratio = if r.data_bytes == 0 { 1.0 } else { r.logical_used_bytes as f64 / r.data_bytes as f64 };
+    let ratio = if r.data_bytes == 0 {
+        1.0
+    } else {
+        r.logical_used_bytes as f64 / r.data_bytes as f64
+    };
     let uuid: String = g.uuid.iter().map(|b| format!("{b:02x}")).collect();
     Ok(json!({
         "name": p.name,
@@ -133,17 +137,33 @@ fn volume_json(pool: &str, v: &sluice_engine::format::VolumeEntry) -> Value {
 pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     reg.register_typed("pool_create", move |p: PoolCreate| {
-        let mut pools = dd.pools.write().map_err(|_| RpcError::internal("poisoned"))?;
+        let mut pools = dd
+            .pools
+            .write()
+            .map_err(|_| RpcError::internal("poisoned"))?;
         if pools.contains_key(&p.name) {
-            return Err(RpcError::exists(format!("pool '{}' already exists", p.name)));
+            return Err(RpcError::exists(format!(
+                "pool '{}' already exists",
+                p.name
+            )));
         }
         let size = p.size.map(|s| s.bytes()).unwrap_or(0);
         if size == 0 && !p.path.exists() {
-            return Err(RpcError::invalid_params("size is required to create a new pool file"));
+            return Err(RpcError::invalid_params(
+                "size is required to create a new pool file",
+            ));
         }
         let zone = p.zone_size.map(|s| s.bytes()).unwrap_or(256 << 20);
-        let host = PoolHost::create(dd.reactors.handle(), dd.reactors.len(), &p.name, &p.path, size, zone, dd.opts.zone.clone())
-            .map_err(rpc_err)?;
+        let host = PoolHost::create(
+            dd.reactors.handle(),
+            dd.reactors.len(),
+            &p.name,
+            &p.path,
+            size,
+            zone,
+            dd.opts.zone.clone(),
+        )
+        .map_err(rpc_err)?;
         let out = pool_json(&host)?;
         pools.insert(p.name.clone(), host);
         drop(pools);
@@ -154,11 +174,21 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     reg.register_typed("pool_import", move |p: PoolImport| {
         let name = p.name.unwrap_or_else(|| "pool0".into());
-        let mut pools = dd.pools.write().map_err(|_| RpcError::internal("poisoned"))?;
+        let mut pools = dd
+            .pools
+            .write()
+            .map_err(|_| RpcError::internal("poisoned"))?;
         if pools.contains_key(&name) {
             return Err(RpcError::exists(format!("pool '{name}' already exists")));
         }
-        let host = PoolHost::open(dd.reactors.handle(), dd.reactors.len(), &name, &p.path, dd.opts.zone.clone()).map_err(rpc_err)?;
+        let host = PoolHost::open(
+            dd.reactors.handle(),
+            dd.reactors.len(),
+            &name,
+            &p.path,
+            dd.opts.zone.clone(),
+        )
+        .map_err(rpc_err)?;
         let out = pool_json(&host)?;
         pools.insert(name.clone(), host);
         drop(pools);
@@ -168,8 +198,14 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
 
     let dd = d.clone();
     reg.register_typed("pool_get_pools", move |_: NoParams| {
-        let pools = dd.pools.read().map_err(|_| RpcError::internal("poisoned"))?;
-        pools.values().map(|p| pool_json(p)).collect::<Result<Vec<_>, _>>()
+        let pools = dd
+            .pools
+            .read()
+            .map_err(|_| RpcError::internal("poisoned"))?;
+        pools
+            .values()
+            .map(|p| pool_json(p))
+            .collect::<Result<Vec<_>, _>>()
     });
 
     let dd = d.clone();
@@ -186,9 +222,12 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     reg.register_typed("volume_create", move |p: VolumeCreate| {
         let pool = dd.pool(p.pool.as_deref())?;
-        let comp = Compression::parse(p.compression.as_deref().unwrap_or("lz4")).map_err(rpc_err)?;
+        let comp =
+            Compression::parse(p.compression.as_deref().unwrap_or("lz4")).map_err(rpc_err)?;
         let cs = p.chunk_size.map(|c| c.bytes()).unwrap_or(64 * 1024);
-        let v = pool.create_volume(&p.name, p.size.bytes(), cs, comp).map_err(rpc_err)?;
+        let v = pool
+            .create_volume(&p.name, p.size.bytes(), cs, comp)
+            .map_err(rpc_err)?;
         Ok(volume_json(&pool.name, &v))
     });
 
@@ -196,7 +235,10 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     reg.register_typed("volume_delete", move |p: VolumeName| {
         let pool = dd.pool_of_volume(p.pool.as_deref(), &p.name)?;
         if let Some(e) = dd.exports_of(&pool.name, &p.name).first() {
-            return Err(RpcError::busy(format!("volume '{}' is exported as '{e}': remove the export first", p.name)));
+            return Err(RpcError::busy(format!(
+                "volume '{}' is exported as '{e}': remove the export first",
+                p.name
+            )));
         }
         pool.delete_volume(&p.name).map_err(rpc_err)?;
         Ok(true)
@@ -205,13 +247,18 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     reg.register_typed("volume_resize", move |p: VolumeResize| {
         let pool = dd.pool_of_volume(p.pool.as_deref(), &p.name)?;
-        let v = pool.resize_volume(&p.name, p.size.bytes()).map_err(rpc_err)?;
+        let v = pool
+            .resize_volume(&p.name, p.size.bytes())
+            .map_err(rpc_err)?;
         Ok(volume_json(&pool.name, &v))
     });
 
     let dd = d.clone();
     reg.register_typed("volume_get_volumes", move |p: VolumeFilter| {
-        let pools = dd.pools.read().map_err(|_| RpcError::internal("poisoned"))?;
+        let pools = dd
+            .pools
+            .read()
+            .map_err(|_| RpcError::internal("poisoned"))?;
         let mut out = Vec::new();
         for pool in pools.values() {
             if p.pool.as_ref().is_some_and(|n| n != &pool.name) {
@@ -230,7 +277,9 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     });
 
     let dd = d.clone();
-    reg.register_typed("volume_get_iostat", move |p: VolumeFilter| dd.iostat(p.name.as_deref()));
+    reg.register_typed("volume_get_iostat", move |p: VolumeFilter| {
+        dd.iostat(p.name.as_deref())
+    });
 
     let dd = d.clone();
     reg.register_typed("nbd_server_start", move |p: NbdStart| {
@@ -261,9 +310,16 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
 
     let dd = d.clone();
     reg.register_typed("nbd_export_remove", move |p: ExportRemove| {
-        let removed = dd.exports.write().map_err(|_| RpcError::internal("poisoned"))?.remove(&p.name);
+        let removed = dd
+            .exports
+            .write()
+            .map_err(|_| RpcError::internal("poisoned"))?
+            .remove(&p.name);
         if removed.is_none() {
-            return Err(RpcError::not_found(format!("export '{}' not found", p.name)));
+            return Err(RpcError::not_found(format!(
+                "export '{}' not found",
+                p.name
+            )));
         }
         dd.nbd_disconnect(&p.name);
         dd.journal_unexport(&p.name);
@@ -319,7 +375,12 @@ impl Daemon {
     fn exports_of(&self, pool: &str, volume: &str) -> Vec<String> {
         self.exports
             .read()
-            .map(|ex| ex.values().filter(|e| e.pool == pool && e.volume == volume).map(|e| e.name.clone()).collect())
+            .map(|ex| {
+                ex.values()
+                    .filter(|e| e.pool == pool && e.volume == volume)
+                    .map(|e| e.name.clone())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -357,12 +418,21 @@ impl Daemon {
     /// Keep `<data-dir>/config.json` current so a restart rebuilds this state.
     fn autosave(&self) {
         if let Err(e) = self.save_config_to(&self.opts.config_path) {
-            eprintln!("sluiced: cannot save {}: {}", self.opts.config_path.display(), e.message);
+            eprintln!(
+                "sluiced: cannot save {}: {}",
+                self.opts.config_path.display(),
+                e.message
+            );
         }
     }
 
     pub fn save_config_to(&self, path: &std::path::Path) -> Result<(), RpcError> {
-        let calls = self.journal.lock().map_err(|_| RpcError::internal("poisoned"))?.to_calls();
-        super::config::write_atomic(path, &calls).map_err(|e| RpcError::io(format!("{}: {e}", path.display())))
+        let calls = self
+            .journal
+            .lock()
+            .map_err(|_| RpcError::internal("poisoned"))?
+            .to_calls();
+        super::config::write_atomic(path, &calls)
+            .map_err(|e| RpcError::io(format!("{}: {e}", path.display())))
     }
 }

@@ -72,23 +72,42 @@ impl Daemon {
     }
 
     pub fn pool(&self, name: Option<&str>) -> Result<Arc<PoolHost>, RpcError> {
-        let pools = self.pools.read().map_err(|_| RpcError::internal("pool table poisoned"))?;
+        let pools = self
+            .pools
+            .read()
+            .map_err(|_| RpcError::internal("pool table poisoned"))?;
         match name {
-            Some(n) => pools.get(n).cloned().ok_or_else(|| RpcError::not_found(format!("pool '{n}' not found"))),
+            Some(n) => pools
+                .get(n)
+                .cloned()
+                .ok_or_else(|| RpcError::not_found(format!("pool '{n}' not found"))),
             None => match pools.len() {
                 0 => Err(RpcError::not_found("no pool: create or import one first")),
-                1 => Ok(pools.values().next().cloned().ok_or_else(|| RpcError::internal("empty"))?),
-                _ => Err(RpcError::invalid_params("several pools exist: name one with \"pool\"")),
+                1 => Ok(pools
+                    .values()
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| RpcError::internal("empty"))?),
+                _ => Err(RpcError::invalid_params(
+                    "several pools exist: name one with \"pool\"",
+                )),
             },
         }
     }
 
     /// The pool that holds a volume (searching all pools when none is named).
-    pub fn pool_of_volume(&self, pool: Option<&str>, volume: &str) -> Result<Arc<PoolHost>, RpcError> {
+    pub fn pool_of_volume(
+        &self,
+        pool: Option<&str>,
+        volume: &str,
+    ) -> Result<Arc<PoolHost>, RpcError> {
         if pool.is_some() {
             return self.pool(pool);
         }
-        let pools = self.pools.read().map_err(|_| RpcError::internal("pool table poisoned"))?;
+        let pools = self
+            .pools
+            .read()
+            .map_err(|_| RpcError::internal("pool table poisoned"))?;
         pools
             .values()
             .find(|p| p.volume(volume).is_ok())

@@ -69,7 +69,10 @@ impl Sluiced {
                     return;
                 }
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "sluiced did not come up");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "sluiced did not come up"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -90,19 +93,27 @@ impl Sluiced {
         format!("nbd://127.0.0.1:{}/{export}", self.tcp_port)
     }
 
-    pub fn call(&self, method: &str, params: Value) -> Result<Value, sluice_rpc::client::ClientError> {
+    pub fn call(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, sluice_rpc::client::ClientError> {
         let mut c = Client::connect(self.rpc_sock())?;
         c.call(method, params)
     }
 
     pub fn ok(&self, method: &str, params: Value) -> Value {
-        self.call(method, params.clone()).unwrap_or_else(|e| panic!("{method} {params}: {e}"))
+        self.call(method, params.clone())
+            .unwrap_or_else(|e| panic!("{method} {params}: {e}"))
     }
 
     /// Error code of a call that must fail.
     pub fn err_code(&self, method: &str, params: Value) -> i64 {
         match self.call(method, params.clone()) {
-            Err(e) => e.rpc().map(|r| r.code).unwrap_or_else(|| panic!("{method}: not an RPC error: {e}")),
+            Err(e) => e
+                .rpc()
+                .map(|r| r.code)
+                .unwrap_or_else(|| panic!("{method}: not an RPC error: {e}")),
             Ok(v) => panic!("{method} {params} should fail, got {v}"),
         }
     }
@@ -110,8 +121,12 @@ impl Sluiced {
     /// Clean stop via SIGTERM; waits for exit and checks the status.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
-            let st = wait_timeout(&mut c, Duration::from_secs(60)).expect("sluiced did not stop after SIGTERM");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let st = wait_timeout(&mut c, Duration::from_secs(60))
+                .expect("sluiced did not stop after SIGTERM");
             assert!(st.success(), "sluiced exited with {st}");
         }
     }
@@ -152,9 +167,14 @@ impl Drop for Sluiced {
 pub fn run(cmd: &str, args: &[&str]) -> Output {
     let out = Command::new(cmd)
         .args(args)
-        .env("PATH", format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()))
+        .env(
+            "PATH",
+            format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default()),
+        )
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd} ({e}); run scripts/setup to install the test tools"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {cmd} ({e}); run scripts/setup to install the test tools")
+        });
     if !out.status.success() {
         panic!(
             "{cmd} {args:?} failed: {}\nstdout: {}\nstderr: {}",
