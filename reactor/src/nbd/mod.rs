@@ -16,15 +16,32 @@
 //!   encoding of simple and structured replies (with header-only variants
 //!   for zero-copy sends).
 //!
+//! The server that drives it on the io_uring reactors:
+//!
+//! * [`backend`] — the storage seam: [`ExportProvider`] (export table,
+//!   shared) and [`ExportBackend`] (per-connection async block I/O).
+//! * `conn` — one connection: handshake driver, request reader, one task
+//!   per request, serialized reply writer.
+//! * [`server`] — [`NbdServer`]: listeners, round-robin placement of
+//!   connections on reactors, connection registry, `stop`.
+//!
 //! A connection's life: send [`Handshake::greeting`]; loop `feed` /
 //! `take_output` until [`HandshakeState::Done`]; then loop
 //! [`parse_request`] → read the WRITE payload → [`validate`] → do the I/O →
 //! encode the reply. Replies may go out in any order; each carries its
 //! request's handle.
 
+pub mod backend;
+mod conn;
 pub mod handshake;
 pub mod proto;
+pub mod server;
 pub mod transmission;
+
+pub use backend::{BackendError, ExportBackend, ExportProvider, ReadSeg};
+pub use conn::{ConnEnd, DIRECT_RECV_MIN};
+pub use proto::{STATE_HOLE, STATE_ZERO};
+pub use server::{ConnectionInfo, ListenSpec, NbdServer, NbdServerError, ServerConfig};
 
 pub use handshake::{
     transmission_flags, CloseReason, ExportCatalog, ExportInfo, Handshake, HandshakeState,

@@ -1,0 +1,964 @@
+//! One NBD connection on one reactor: the io_uring driver of the sans-IO
+//! protocol layer.
+//!
+//! This file owns everything that happens on an accepted socket:
+//!
+//! * **Handshake** — send the greeting, then `recv` → [`Handshake::feed`] →
+//!   send [`Handshake::take_output`] until the state machine is `Done` (or
+//!   `Closed`). Partial input simply stays buffered; bytes after the final
+//!   option (pipelined requests) are handed to the transmission phase.
+//! * **Reader** (the connection task itself) — bulk `recv`s into one
+//!   receive buffer, [`parse_request`] as many headers as it holds,
+//!   [`validate`] each, and start every valid request as its *own* local
+//!   task against the backend. It keeps reading while earlier requests are
+//!   in flight, up to a per-connection bound (requests and bytes); at the
+//!   bound it stops reading until some complete.
+//! * **Request tasks** — call the [`ExportBackend`], encode the reply
+//!   (simple or structured: OFFSET_DATA / OFFSET_HOLE / ERROR /
+//!   BLOCK_STATUS) and queue it. Replies therefore go out in completion
+//!   order, not request order.
+//! * **Writer** (one task) — the single place that sends on the socket, so
+//!   replies never interleave. Small frames are batched into one buffer;
+//!   READ data goes out with [`UringStream::send_with_header`] (header +
+//!   the backend's buffer, no copy), except that small READ payloads are
+//!   copied into the batch when more replies are queued, trading a 4 KiB
+//!   memcpy for a whole send.
+//!
+//! Ending: NBD_CMD_DISC, EOF, a protocol violation or a kill (server stop,
+//! export removal) stops the reader; the connection then waits for its
+//! in-flight requests (the backend is never abandoned mid-operation), lets
+//! the writer drain, and closes. A dead socket only makes the writer drop
+//! replies; request tasks never touch the socket and cannot fail on it.
+//!
+//! Copies: WRITE payloads are copied once from the receive buffer into their
+//! own [`AlignedBuf`] (the runtime's `recv` cannot target an offset inside a
+//! buffer); a payload whose header ends a receive and that is at least
+//! [`DIRECT_RECV_MIN`] long is received straight into its buffer instead.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use futures::future::{select, Either};
+use sluice_engine::AlignedBuf;
+
+use super::backend::{BackendError, ExportBackend, ExportProvider, ProviderCatalog, ReadSeg};
+use super::handshake::{Handshake, HandshakeState, Negotiated, BASE_ALLOCATION_CONTEXT_ID};
+use super::proto::*;
+use super::server::ServerConfig;
+use super::transmission::{
+    encode_block_status, encode_chunk_header, encode_error_reply, encode_offset_data_header,
+    encode_simple_reply_header, parse_request, validate, Request,
+};
+use crate::executor::spawn_local;
+use crate::net::UringStream;
+use crate::ring::MAX_INLINE_HEADER;
+
+/// WRITE payloads at least this long whose bytes have not arrived yet are
+/// received directly into their own buffer (no copy).
+pub const DIRECT_RECV_MIN: usize = 64 * 1024;
+/// Receive size during the handshake (options are small).
+const HANDSHAKE_RECV: usize = 16 * 1024;
+/// Capacity of the writer's batch buffer.
+const BATCH_CAP: usize = 64 * 1024;
+/// Reply headers up to this size are stored inline (no allocation): simple
+/// reply 16, OFFSET_DATA header 28, OFFSET_HOLE chunk 32.
+const INLINE_HDR: usize = 40;
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnEnd {
+    /// The client closed the socket between messages.
+    Eof,
+    /// The client closed the socket in the middle of a message.
+    Truncated,
+    /// `NBD_CMD_DISC`.
+    Disconnect,
+    /// `NBD_OPT_ABORT` during the handshake.
+    Aborted,
+    /// A fatal protocol violation (bad magic, oversized write, ...).
+    Protocol(ProtocolError),
+    /// A socket error.
+    Io(String),
+    /// Closed by the server (`stop`, `disconnect_export`) or because the
+    /// socket failed while sending.
+    Killed,
+    /// The handshake did not finish within the configured timeout.
+    HandshakeTimeout,
+    /// The provider could not open the negotiated export (removed while the
+    /// client was negotiating).
+    NoBackend(String),
+}
+
+// ---------------------------------------------------------------------------
+// Tiny single-threaded sync primitives
+// ---------------------------------------------------------------------------
+
+/// A one-way flag that wakes every waiter when set.
+#[derive(Default)]
+pub(crate) struct Latch {
+    set: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Latch {
+    pub(crate) fn set(&self) {
+        if !self.set.replace(true) {
+            let wakers = std::mem::take(&mut *self.wakers.borrow_mut());
+            for w in wakers {
+                w.wake();
+            }
+        }
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.get()
+    }
+
+    pub(crate) fn wait(&self) -> LatchWait<'_> {
+        LatchWait(self)
+    }
+}
+
+pub(crate) struct LatchWait<'a>(&'a Latch);
+
+impl Future for LatchWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.get() {
+            return Poll::Ready(());
+        }
+        let mut ws = self.0.wakers.borrow_mut();
+        if !ws.iter().any(|w| w.will_wake(cx.waker())) {
+            ws.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Wake-up for a single waiting task, with a stored permit so a notify that
+/// comes before the wait is not lost.
+#[derive(Default)]
+struct Notify {
+    permit: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.permit.set(true);
+        let w = self.waker.borrow_mut().take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    fn notified(&self) -> Notified<'_> {
+        Notified(self)
+    }
+}
+
+struct Notified<'a>(&'a Notify);
+
+impl Future for Notified<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.permit.replace(false) {
+            return Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Run `f` unless (or until) `latch` is set; `None` if the latch won. A
+/// dropped socket future cancels its op in the kernel.
+pub(crate) async fn unless<F: Future>(latch: &Latch, f: F) -> Option<F::Output> {
+    if latch.is_set() {
+        return None;
+    }
+    match select(pin!(f), pin!(latch.wait())).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Connection control (shared with the server's kill path)
+// ---------------------------------------------------------------------------
+
+/// What the server keeps (weakly) to end a connection from outside.
+pub(crate) struct ConnCtl {
+    stream: UringStream,
+    killed: Latch,
+}
+
+impl ConnCtl {
+    pub(crate) fn new(stream: UringStream) -> Self {
+        ConnCtl {
+            stream,
+            killed: Latch::default(),
+        }
+    }
+
+    /// End the connection: the reader and writer stop at their next (or
+    /// current) socket operation, and the client sees the socket shut down.
+    pub(crate) fn kill(&self) {
+        self.killed.set();
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Replies
+// ---------------------------------------------------------------------------
+
+/// Frame bytes of one reply piece, inline when small.
+enum Hdr {
+    Inline([u8; INLINE_HDR], u8),
+    Heap(Vec<u8>),
+}
+
+impl Hdr {
+    fn new(b: &[u8]) -> Hdr {
+        if b.len() <= INLINE_HDR {
+            let mut a = [0u8; INLINE_HDR];
+            a[..b.len()].copy_from_slice(b);
+            Hdr::Inline(a, b.len() as u8)
+        } else {
+            Hdr::Heap(b.to_vec())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Hdr::Inline(a, n) => &a[..*n as usize],
+            Hdr::Heap(v) => v,
+        }
+    }
+}
+
+/// One piece of output: frame bytes, optionally followed by a data buffer
+/// that is sent without copying.
+struct Out {
+    hdr: Hdr,
+    data: Option<AlignedBuf>,
+}
+
+impl Out {
+    fn bytes(b: &[u8]) -> Out {
+        Out {
+            hdr: Hdr::new(b),
+            data: None,
+        }
+    }
+
+    fn owned(v: Vec<u8>) -> Out {
+        Out {
+            hdr: if v.len() <= INLINE_HDR {
+                Hdr::new(&v)
+            } else {
+                Hdr::Heap(v)
+            },
+            data: None,
+        }
+    }
+
+    fn with_data(b: &[u8], data: AlignedBuf) -> Out {
+        Out {
+            hdr: Hdr::new(b),
+            data: Some(data),
+        }
+    }
+}
+
+/// State shared by the reader, the request tasks and the writer of one
+/// connection.
+#[derive(Default)]
+struct ConnShared {
+    queue: RefCell<VecDeque<Out>>,
+    writer_wake: Notify,
+    reader_wake: Notify,
+    /// No more replies will be queued: the writer drains and exits.
+    closing: Cell<bool>,
+    /// The writer is gone (socket failed, killed, or finished): replies are
+    /// dropped.
+    dead: Cell<bool>,
+    inflight: Cell<usize>,
+    inflight_bytes: Cell<usize>,
+}
+
+impl ConnShared {
+    fn push(&self, out: Out) {
+        if !self.dead.get() {
+            self.queue.borrow_mut().push_back(out);
+            self.writer_wake.notify();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Entry point
+// ---------------------------------------------------------------------------
+
+/// Serve one accepted connection to completion. `on_negotiated` is told the
+/// export's canonical name as soon as the handshake selected it (before the
+/// final option reply goes out).
+pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
+    ctl: Rc<ConnCtl>,
+    provider: Arc<P>,
+    cfg: &ServerConfig,
+    on_negotiated: impl FnOnce(&str),
+) -> ConnEnd {
+    let (neg, leftover) = match handshake(&ctl, &*provider, cfg, on_negotiated).await {
+        Ok(x) => x,
+        Err(end) => return end,
+    };
+    let Some(backend) = provider.open(&neg.export_name) else {
+        return ConnEnd::NoBackend(neg.export_name);
+    };
+    let sh = Rc::new(ConnShared::default());
+    let writer = spawn_local(write_replies(
+        ctl.clone(),
+        sh.clone(),
+        cfg.coalesce_bytes.min(BATCH_CAP / 2),
+    ));
+    let end = read_requests(&ctl, &sh, Rc::new(backend), Rc::new(neg), leftover, cfg).await;
+    // Let every started request finish (their replies still go out unless
+    // the socket is gone), then let the writer drain and exit.
+    while sh.inflight.get() > 0 {
+        sh.reader_wake.notified().await;
+    }
+    sh.closing.set(true);
+    sh.writer_wake.notify();
+    writer.await;
+    end
+}
+
+// ---------------------------------------------------------------------------
+// Handshake
+// ---------------------------------------------------------------------------
+
+async fn handshake<P: ExportProvider + ?Sized>(
+    ctl: &ConnCtl,
+    provider: &P,
+    cfg: &ServerConfig,
+    on_negotiated: impl FnOnce(&str),
+) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
+    let fut = handshake_inner(ctl, provider, on_negotiated);
+    let Some(t) = cfg.handshake_timeout else {
+        return fut.await;
+    };
+    let mut fut = pin!(fut);
+    match select(fut.as_mut(), pin!(crate::ring::sleep(t))).await {
+        Either::Left((r, _)) => r,
+        Either::Right((Ok(()), _)) => Err(ConnEnd::HandshakeTimeout),
+        // No timer available: go on without a timeout.
+        Either::Right((Err(_), _)) => fut.await,
+    }
+}
+
+async fn handshake_inner<P: ExportProvider + ?Sized>(
+    ctl: &ConnCtl,
+    provider: &P,
+    on_negotiated: impl FnOnce(&str),
+) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
+    let mut on_negotiated = Some(on_negotiated);
+    let mut hs = Handshake::new();
+    send_bytes(ctl, &hs.greeting()).await?;
+    let catalog = ProviderCatalog(provider);
+    let mut input: Vec<u8> = Vec::new();
+    let mut rbuf = Some(AlignedBuf::zeroed(HANDSHAKE_RECV));
+    loop {
+        let consumed = hs.feed(&input, &catalog).map_err(ConnEnd::Protocol)?;
+        input.drain(..consumed);
+        // Account the connection to its export before the client can see
+        // the final reply (so counts are exact once a client is connected).
+        if let HandshakeState::Done(n) = hs.state() {
+            if let Some(f) = on_negotiated.take() {
+                f(&n.export_name);
+            }
+        }
+        if hs.has_output() {
+            send_bytes(ctl, &hs.take_output()).await?;
+        }
+        match hs.state() {
+            HandshakeState::Done(n) => return Ok((n.clone(), input)),
+            HandshakeState::Closed(_) => return Err(ConnEnd::Aborted),
+            _ => {}
+        }
+        let mut b = rbuf.take().ok_or(ConnEnd::Killed)?;
+        b.set_len(b.capacity());
+        match unless(&ctl.killed, ctl.stream.recv(b)).await {
+            None => return Err(ConnEnd::Killed),
+            Some((_, Ok(0))) if input.is_empty() => return Err(ConnEnd::Eof),
+            Some((_, Ok(0))) => return Err(ConnEnd::Truncated),
+            Some((b, Ok(n))) => {
+                input.extend_from_slice(&b[..n]);
+                rbuf = Some(b);
+            }
+            Some((_, Err(e))) => return Err(ConnEnd::Io(e.to_string())),
+        }
+    }
+}
+
+async fn send_bytes(ctl: &ConnCtl, bytes: &[u8]) -> Result<(), ConnEnd> {
+    match unless(
+        &ctl.killed,
+        ctl.stream.send_all(AlignedBuf::from_slice(bytes)),
+    )
+    .await
+    {
+        None => Err(ConnEnd::Killed),
+        Some((_, Ok(()))) => Ok(()),
+        Some((_, Err(e))) => Err(ConnEnd::Io(e.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Receiving
+// ---------------------------------------------------------------------------
+
+/// Why the reader stopped.
+enum RxStop {
+    Eof,
+    Truncated,
+    Killed,
+    Io(io::Error),
+    Protocol(ProtocolError),
+}
+
+impl From<RxStop> for ConnEnd {
+    fn from(s: RxStop) -> ConnEnd {
+        match s {
+            RxStop::Eof => ConnEnd::Eof,
+            RxStop::Truncated => ConnEnd::Truncated,
+            RxStop::Killed => ConnEnd::Killed,
+            RxStop::Io(e) => ConnEnd::Io(e.to_string()),
+            RxStop::Protocol(e) => ConnEnd::Protocol(e),
+        }
+    }
+}
+
+/// The receive side: one buffer that bulk `recv`s land in (`buf[pos..end]`
+/// is unparsed), plus the start of a header split across two receives.
+struct Rx {
+    /// `None` only after a receive was abandoned (kill).
+    buf: Option<AlignedBuf>,
+    pos: usize,
+    end: usize,
+    carry: Vec<u8>,
+}
+
+impl Rx {
+    fn new(cap: usize, leftover: &[u8]) -> Rx {
+        let mut buf = AlignedBuf::zeroed(cap.max(leftover.len()).max(4096));
+        buf[..leftover.len()].copy_from_slice(leftover);
+        Rx {
+            buf: Some(buf),
+            pos: 0,
+            end: leftover.len(),
+            carry: Vec::with_capacity(REQUEST_HEADER_LEN),
+        }
+    }
+
+    fn avail(&self) -> &[u8] {
+        match &self.buf {
+            Some(b) => &b[self.pos..self.end],
+            None => &[],
+        }
+    }
+
+    /// Replace the (fully consumed) buffer contents with the next receive.
+    async fn fill(&mut self, ctl: &ConnCtl) -> Result<(), RxStop> {
+        let mut b = self.buf.take().ok_or(RxStop::Killed)?;
+        b.set_len(b.capacity());
+        match unless(&ctl.killed, ctl.stream.recv(b)).await {
+            None => Err(RxStop::Killed),
+            Some((b, r)) => {
+                self.buf = Some(b);
+                self.pos = 0;
+                self.end = 0;
+                match r {
+                    Ok(0) => Err(RxStop::Eof),
+                    Ok(n) => {
+                        self.end = n;
+                        Ok(())
+                    }
+                    Err(e) => Err(RxStop::Io(e)),
+                }
+            }
+        }
+    }
+
+    /// The next request header.
+    async fn next_header(&mut self, ctl: &ConnCtl) -> Result<Request, RxStop> {
+        loop {
+            if self.carry.is_empty() {
+                match parse_request(self.avail()).map_err(RxStop::Protocol)? {
+                    Some((req, n)) => {
+                        self.pos += n;
+                        return Ok(req);
+                    }
+                    None => {
+                        let rest = self.avail().to_vec();
+                        self.carry.extend_from_slice(&rest);
+                        self.pos = self.end;
+                    }
+                }
+            } else {
+                let take = (REQUEST_HEADER_LEN - self.carry.len()).min(self.end - self.pos);
+                let (pos, carry) = (self.pos, &mut self.carry);
+                if let Some(b) = &self.buf {
+                    carry.extend_from_slice(&b[pos..pos + take]);
+                }
+                self.pos += take;
+                if let Some((req, _)) = parse_request(&self.carry).map_err(RxStop::Protocol)? {
+                    self.carry.clear();
+                    return Ok(req);
+                }
+            }
+            match self.fill(ctl).await {
+                Err(RxStop::Eof) if !self.carry.is_empty() => return Err(RxStop::Truncated),
+                r => r?,
+            }
+        }
+    }
+
+    /// The next `len` bytes, in a buffer of their own.
+    async fn payload(&mut self, ctl: &ConnCtl, len: usize) -> Result<AlignedBuf, RxStop> {
+        let mut p = AlignedBuf::zeroed(len);
+        let mut got = 0;
+        loop {
+            let take = (len - got).min(self.end - self.pos);
+            if take > 0 {
+                if let Some(b) = &self.buf {
+                    p[got..got + take].copy_from_slice(&b[self.pos..self.pos + take]);
+                }
+                self.pos += take;
+                got += take;
+            }
+            if got == len {
+                return Ok(p);
+            }
+            if got == 0 && len >= DIRECT_RECV_MIN {
+                return match unless(&ctl.killed, ctl.stream.recv_exact(p)).await {
+                    None => Err(RxStop::Killed),
+                    Some((p, Ok(()))) => Ok(p),
+                    Some((_, Err(e))) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        Err(RxStop::Truncated)
+                    }
+                    Some((_, Err(e))) => Err(RxStop::Io(e)),
+                };
+            }
+            match self.fill(ctl).await {
+                Err(RxStop::Eof) => return Err(RxStop::Truncated),
+                r => r?,
+            }
+        }
+    }
+
+    /// Consume and discard `len` bytes (the payload of a rejected WRITE).
+    async fn skip(&mut self, ctl: &ConnCtl, mut len: usize) -> Result<(), RxStop> {
+        loop {
+            let take = len.min(self.end - self.pos);
+            self.pos += take;
+            len -= take;
+            if len == 0 {
+                return Ok(());
+            }
+            match self.fill(ctl).await {
+                Err(RxStop::Eof) => return Err(RxStop::Truncated),
+                r => r?,
+            }
+        }
+    }
+}
+
+/// Bytes of buffer memory a request pins while in flight.
+fn request_cost(req: &Request) -> usize {
+    match req.cmd {
+        Command::Read | Command::Write => req.length as usize,
+        _ => 0,
+    }
+}
+
+async fn read_requests<B: ExportBackend + 'static>(
+    ctl: &ConnCtl,
+    sh: &Rc<ConnShared>,
+    backend: Rc<B>,
+    neg: Rc<Negotiated>,
+    leftover: Vec<u8>,
+    cfg: &ServerConfig,
+) -> ConnEnd {
+    let mut rx = Rx::new(cfg.recv_buffer, &leftover);
+    drop(leftover);
+    let max_requests = cfg.max_requests.max(1);
+    loop {
+        // Bound the work a client can pile up: stop reading until requests
+        // complete (at least one is always admitted).
+        while sh.inflight.get() >= max_requests
+            || (sh.inflight.get() > 0 && sh.inflight_bytes.get() >= cfg.max_inflight_bytes)
+        {
+            if unless(&ctl.killed, sh.reader_wake.notified())
+                .await
+                .is_none()
+            {
+                return ConnEnd::Killed;
+            }
+        }
+        if ctl.killed.is_set() || sh.dead.get() {
+            return ConnEnd::Killed;
+        }
+        let req = match rx.next_header(ctl).await {
+            Ok(r) => r,
+            Err(e) => return e.into(),
+        };
+        if req.cmd == Command::Disc {
+            return ConnEnd::Disconnect;
+        }
+        match validate(&req, &neg) {
+            Err(errno) => {
+                if req.payload_len() > 0 {
+                    if let Err(e) = rx.skip(ctl, req.payload_len()).await {
+                        return e.into();
+                    }
+                }
+                let msg = format!(
+                    "request {:?} at offset {} length {} rejected",
+                    req.cmd, req.offset, req.length
+                );
+                let mut v = Vec::new();
+                encode_error_reply(&mut v, &req, &neg, errno, &msg);
+                sh.push(Out::owned(v));
+            }
+            Ok(()) => {
+                let payload = if req.payload_len() > 0 {
+                    match rx.payload(ctl, req.payload_len()).await {
+                        Ok(p) => Some(p),
+                        Err(e) => return e.into(),
+                    }
+                } else {
+                    None
+                };
+                let cost = request_cost(&req);
+                sh.inflight.set(sh.inflight.get() + 1);
+                sh.inflight_bytes.set(sh.inflight_bytes.get() + cost);
+                let (sh2, be, ng) = (sh.clone(), backend.clone(), neg.clone());
+                let bs_max = cfg.block_status_max.max(MIN_BLOCK_SIZE);
+                spawn_local(async move {
+                    execute(&*be, &sh2, &req, &ng, payload, bs_max).await;
+                    sh2.inflight.set(sh2.inflight.get() - 1);
+                    sh2.inflight_bytes.set(sh2.inflight_bytes.get() - cost);
+                    sh2.reader_wake.notify();
+                })
+                .detach();
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Executing requests
+// ---------------------------------------------------------------------------
+
+fn push_error(sh: &ConnShared, req: &Request, neg: &Negotiated, e: &BackendError) {
+    let mut v = Vec::new();
+    encode_error_reply(&mut v, req, neg, e.errno, &e.message);
+    sh.push(Out::owned(v));
+}
+
+fn push_ok(sh: &ConnShared, req: &Request) {
+    sh.push(Out::bytes(&encode_simple_reply_header(req.handle, None)));
+}
+
+/// Run one validated request against the backend and queue its reply.
+async fn execute<B: ExportBackend>(
+    backend: &B,
+    sh: &ConnShared,
+    req: &Request,
+    neg: &Negotiated,
+    payload: Option<AlignedBuf>,
+    block_status_max: u32,
+) {
+    let fua = req.has_flag(CMD_FLAG_FUA);
+    let (off, len) = (req.offset, req.length);
+    let r = match req.cmd {
+        Command::Read => match backend.read(off, len).await {
+            Ok(segs) => match check_segments(req, &segs) {
+                Ok(()) => {
+                    push_read(sh, req, neg, segs);
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+        Command::Write => {
+            let data = payload.unwrap_or_else(|| AlignedBuf::zeroed(len as usize));
+            backend.write(off, data, fua).await
+        }
+        Command::Flush => backend.flush().await,
+        Command::Trim => match backend.trim(off, len).await {
+            Ok(()) if fua => backend.flush().await,
+            r => r,
+        },
+        Command::WriteZeroes => {
+            let may_trim = !req.has_flag(CMD_FLAG_NO_HOLE);
+            match backend.write_zeroes(off, len, may_trim).await {
+                Ok(()) if fua => backend.flush().await,
+                r => r,
+            }
+        }
+        Command::BlockStatus => {
+            // Large ranges are answered in parts: the client asks again.
+            let ask = len.min(block_status_max);
+            match backend.block_status(off, ask).await {
+                Ok(extents) => {
+                    let ctx = neg
+                        .base_allocation_context
+                        .unwrap_or(BASE_ALLOCATION_CONTEXT_ID);
+                    let mut v = Vec::new();
+                    encode_block_status(&mut v, req, ctx, &extents);
+                    sh.push(Out::owned(v));
+                    return;
+                }
+                Err(e) => Err(e),
+            }
+        }
+        // validate() rejects these before they get here.
+        Command::Disc | Command::Unknown(_) => Err(BackendError::new(
+            Errno::Inval,
+            format!("unsupported command {:?}", req.cmd),
+        )),
+    };
+    match r {
+        Ok(()) => push_ok(sh, req),
+        Err(e) => push_error(sh, req, neg, &e),
+    }
+}
+
+/// A backend must return pieces that cover the request exactly, in order.
+fn check_segments(req: &Request, segs: &[ReadSeg]) -> Result<(), BackendError> {
+    let mut at = req.offset;
+    for s in segs {
+        if s.offset() != at || s.is_empty() {
+            return Err(BackendError::new(
+                Errno::Io,
+                format!(
+                    "backend returned a read piece at {} of {} bytes, expected one at {at}",
+                    s.offset(),
+                    s.len()
+                ),
+            ));
+        }
+        at += s.len();
+    }
+    if at != req.offset + u64::from(req.length) {
+        return Err(BackendError::new(
+            Errno::Io,
+            format!(
+                "backend read pieces end at {at}, request ends at {}",
+                req.offset + u64::from(req.length)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Queue a successful READ reply: one chunk per piece with structured
+/// replies (holes cost no payload), else one contiguous payload.
+fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg>) {
+    if neg.structured_replies && !req.has_flag(CMD_FLAG_DF) {
+        let n = segs.len();
+        for (i, seg) in segs.into_iter().enumerate() {
+            let done = i + 1 == n;
+            match seg {
+                ReadSeg::Data { offset, buf } => {
+                    let h = encode_offset_data_header(req.handle, offset, buf.len() as u32, done);
+                    sh.push(Out::with_data(&h, buf));
+                }
+                ReadSeg::Hole { offset, len } => {
+                    let flags = if done { REPLY_FLAG_DONE } else { 0 };
+                    let mut h = [0u8; STRUCTURED_REPLY_HEADER_LEN + 12];
+                    h[..STRUCTURED_REPLY_HEADER_LEN].copy_from_slice(&encode_chunk_header(
+                        flags,
+                        REPLY_TYPE_OFFSET_HOLE,
+                        req.handle,
+                        12,
+                    ));
+                    h[STRUCTURED_REPLY_HEADER_LEN..STRUCTURED_REPLY_HEADER_LEN + 8]
+                        .copy_from_slice(&offset.to_be_bytes());
+                    h[STRUCTURED_REPLY_HEADER_LEN + 8..].copy_from_slice(&len.to_be_bytes());
+                    sh.push(Out::bytes(&h));
+                }
+            }
+        }
+        return;
+    }
+    let data = contiguous(req, segs);
+    if neg.structured_replies {
+        let h = encode_offset_data_header(req.handle, req.offset, req.length, true);
+        sh.push(Out::with_data(&h, data));
+    } else {
+        let h = encode_simple_reply_header(req.handle, None);
+        sh.push(Out::with_data(&h, data));
+    }
+}
+
+/// The pieces as one buffer (holes as zeroes); no copy for a single data
+/// piece.
+fn contiguous(req: &Request, mut segs: Vec<ReadSeg>) -> AlignedBuf {
+    let len = req.length as usize;
+    if segs.len() == 1 {
+        if let Some(ReadSeg::Data { buf, .. }) = segs.pop() {
+            if buf.len() == len {
+                return buf;
+            }
+            segs.push(ReadSeg::Data {
+                offset: req.offset,
+                buf,
+            });
+        }
+    }
+    let mut out = AlignedBuf::zeroed(len);
+    for seg in segs {
+        if let ReadSeg::Data { offset, buf } = seg {
+            let at = (offset - req.offset) as usize;
+            out[at..at + buf.len()].copy_from_slice(&buf);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Sending
+// ---------------------------------------------------------------------------
+
+fn append(batch: &mut AlignedBuf, bytes: &[u8]) {
+    let at = batch.len();
+    batch.set_len(at + bytes.len());
+    batch[at..].copy_from_slice(bytes);
+}
+
+/// Send the batch and hand the (emptied) buffer back; `None` if the socket
+/// failed or the connection was killed.
+async fn flush_batch(ctl: &ConnCtl, batch: AlignedBuf) -> Option<AlignedBuf> {
+    if batch.is_empty() {
+        return Some(batch);
+    }
+    match unless(&ctl.killed, ctl.stream.send_all(batch)).await {
+        Some((mut b, Ok(()))) => {
+            b.set_len(0);
+            Some(b)
+        }
+        _ => None,
+    }
+}
+
+async fn send_data(ctl: &ConnCtl, hdr: &[u8], data: AlignedBuf) -> bool {
+    if hdr.len() > MAX_INLINE_HEADER {
+        if flush_batch(ctl, AlignedBuf::from_slice(hdr))
+            .await
+            .is_none()
+        {
+            return false;
+        }
+        return flush_batch(ctl, data).await.is_some();
+    }
+    matches!(
+        unless(&ctl.killed, ctl.stream.send_with_header(hdr, data)).await,
+        Some((_, Ok(())))
+    )
+}
+
+/// The connection's only sender. Exits when the connection is closing and
+/// the queue is empty, or when a send fails or the connection is killed
+/// (then replies are dropped from here on).
+async fn write_replies(ctl: Rc<ConnCtl>, sh: Rc<ConnShared>, coalesce: usize) {
+    let ok = write_loop(&ctl, &sh, coalesce).await;
+    sh.dead.set(true);
+    sh.queue.borrow_mut().clear();
+    if !ok {
+        // The client cannot hear us any more: stop reading from it too.
+        ctl.kill();
+    }
+}
+
+async fn write_loop(ctl: &ConnCtl, sh: &ConnShared, coalesce: usize) -> bool {
+    let mut batch = AlignedBuf::zeroed(BATCH_CAP);
+    batch.set_len(0);
+    loop {
+        let next = sh.queue.borrow_mut().pop_front();
+        let Some(out) = next else {
+            if !batch.is_empty() {
+                match flush_batch(ctl, batch).await {
+                    Some(b) => batch = b,
+                    None => return false,
+                }
+                continue;
+            }
+            if sh.closing.get() {
+                return true;
+            }
+            if unless(&ctl.killed, sh.writer_wake.notified())
+                .await
+                .is_none()
+            {
+                return false;
+            }
+            continue;
+        };
+        let hdr = out.hdr.as_slice();
+        match out.data {
+            None => {
+                if batch.len() + hdr.len() > batch.capacity() {
+                    match flush_batch(ctl, batch).await {
+                        Some(b) => batch = b,
+                        None => return false,
+                    }
+                }
+                if hdr.len() > batch.capacity() {
+                    if flush_batch(ctl, AlignedBuf::from_slice(hdr))
+                        .await
+                        .is_none()
+                    {
+                        return false;
+                    }
+                } else {
+                    append(&mut batch, hdr);
+                }
+            }
+            Some(data) => {
+                let more = !sh.queue.borrow().is_empty();
+                let total = hdr.len() + data.len();
+                if more && data.len() <= coalesce && batch.len() + total <= batch.capacity() {
+                    append(&mut batch, hdr);
+                    append(&mut batch, &data);
+                } else if batch.len() + hdr.len() <= MAX_INLINE_HEADER {
+                    let mut h = [0u8; MAX_INLINE_HEADER];
+                    let b = batch.len();
+                    h[..b].copy_from_slice(&batch);
+                    h[b..b + hdr.len()].copy_from_slice(hdr);
+                    batch.set_len(0);
+                    if !send_data(ctl, &h[..b + hdr.len()], data).await {
+                        return false;
+                    }
+                } else {
+                    match flush_batch(ctl, batch).await {
+                        Some(b) => batch = b,
+                        None => return false,
+                    }
+                    if !send_data(ctl, hdr, data).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
