@@ -110,9 +110,9 @@ fn main() {
     let cores: Vec<usize> = (0..a.reactors).map(|i| all[i % all.len()]).collect();
     let cfg = ReactorConfig {
         ring: RingConfig {
-            // SQPOLL cannot be combined with DEFER_TASKRUN.
-            task_run: if a.sqpoll && a.task_run == TaskRun::Deferred {
-                TaskRun::Cooperative
+            // The kernel allows SQPOLL only with plain (signal) task work.
+            task_run: if a.sqpoll {
+                TaskRun::Signal
             } else {
                 a.task_run
             },

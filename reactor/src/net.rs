@@ -25,7 +25,7 @@ use io_uring::{opcode, types};
 use sluice_engine::AlignedBuf;
 
 use crate::error::no_ring;
-use crate::ring::{self, Op, MAX_INLINE_HEADER};
+use crate::ring::{self, OnDrop, Op, MAX_INLINE_HEADER};
 
 /// Where a listener listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +90,7 @@ impl UringListener {
         let fd = self.raw();
         // SAFETY: null addr/addrlen: the kernel writes no peer address.
         let op = unsafe {
-            Op::start(true, None, |_| {
+            Op::start(OnDrop::CancelCloseFd, None, |_| {
                 opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
                     .flags(libc::SOCK_CLOEXEC)
                     .build()
@@ -170,7 +170,7 @@ impl UringStream {
         // SAFETY: the SQE points at bytes [start, start + n) of the buffer
         // in the op's slot.
         let op = unsafe {
-            Op::start(true, Some(buf), |d| {
+            Op::start(OnDrop::Cancel, Some(buf), |d| {
                 let b = d.buf.as_mut().expect("buffer in slot");
                 opcode::Recv::new(types::Fd(fd), b.as_mut_ptr().add(start), n).build()
             })
@@ -232,7 +232,7 @@ impl UringStream {
             // SAFETY: the SQE points at bytes [sent, sent + n) of the buffer
             // in the op's slot.
             let op = unsafe {
-                Op::start(true, Some(buf), |d| {
+                Op::start(OnDrop::Cancel, Some(buf), |d| {
                     let b = d.buf.as_mut().expect("buffer in slot");
                     opcode::Send::new(types::Fd(fd), b.as_ptr().add(sent), n)
                         .flags(libc::MSG_NOSIGNAL)
@@ -283,7 +283,7 @@ impl UringStream {
             // the data iovec points into the buffer in the same slot; all
             // ranges are within their lengths.
             let op = unsafe {
-                Op::start(true, Some(data), |d| {
+                Op::start(OnDrop::Cancel, Some(data), |d| {
                     let b = d.buf.as_mut().expect("buffer in slot");
                     let ext = &mut d.ext;
                     ext.hdr[..hlen].copy_from_slice(&hdr[..hlen]);
@@ -347,7 +347,11 @@ impl UringStream {
     pub async fn close(mut self) -> io::Result<()> {
         let fd = self.fd.take().expect("open stream").into_raw_fd();
         // SAFETY: close carries no pointers.
-        let op = unsafe { Op::start(false, None, |_| opcode::Close::new(types::Fd(fd)).build()) };
+        let op = unsafe {
+            Op::start(OnDrop::Wait, None, |_| {
+                opcode::Close::new(types::Fd(fd)).build()
+            })
+        };
         match op {
             Ok(op) => ring::cqe_result(op.await.res).map(|_| ()),
             Err(_) => {

@@ -557,6 +557,10 @@ fn reactor_main(
     });
     CTX.with(|c| *c.borrow_mut() = Some(ctx.clone()));
     let _ = ready.send(Ok(()));
+    // Whatever way this thread ends (a panicking message or task included),
+    // mark the reactor closed and drop what waits in its inboxes, so that
+    // senders get errors and callers get `Canceled` instead of hanging.
+    let _closed = CloseOnExit(me);
 
     let mut st = ReactorStats {
         index,
@@ -630,6 +634,15 @@ fn reactor_main(
     me.discard_if_closed();
     publish(&mut st, &rt, &ctx, me);
     CTX.with(|c| c.borrow_mut().take());
+}
+
+struct CloseOnExit<'a>(&'a Slot);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+        self.0.discard_if_closed();
+    }
 }
 
 #[inline]

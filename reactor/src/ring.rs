@@ -47,7 +47,7 @@ pub enum TaskRun {
     /// flags pending work. Cheapest for a loop that enters every iteration.
     Cooperative,
     /// `SINGLE_ISSUER | DEFER_TASKRUN | TASKRUN_FLAG`: completions are
-    /// batched until this thread enters with GETEVENTS. Not with SQPOLL.
+    /// batched until this thread enters with GETEVENTS.
     Deferred,
 }
 
@@ -59,6 +59,7 @@ pub struct RingConfig {
     /// Completion queue entries (>= `sq_entries`).
     pub cq_entries: u32,
     /// Use a kernel SQ polling thread that sleeps after this many ms idle.
+    /// Requires `task_run: TaskRun::Signal` (kernel rule).
     pub sqpoll_idle_ms: Option<u32>,
     /// Task-work mode, see [`TaskRun`].
     pub task_run: TaskRun,
@@ -141,6 +142,18 @@ pub(crate) struct Completion {
     pub buf: Option<AlignedBuf>,
 }
 
+/// What to do with an op whose future goes away before its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDrop {
+    /// Let it finish (file I/O: it completes soon anyway).
+    Wait,
+    /// Queue an `ASYNC_CANCEL` (socket ops that may wait forever).
+    Cancel,
+    /// Cancel, and if it still succeeds, close the descriptor it returns
+    /// (accept), so an abandoned accept leaks no socket.
+    CancelCloseFd,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Free,
@@ -157,7 +170,7 @@ enum State {
 struct Slot {
     gen: u32,
     state: State,
-    cancel_on_drop: bool,
+    on_drop: OnDrop,
     res: i32,
     flags: u32,
     waker: Option<Waker>,
@@ -169,7 +182,7 @@ impl Slot {
         Slot {
             gen: 0,
             state: State::Free,
-            cancel_on_drop: false,
+            on_drop: OnDrop::Wait,
             res: 0,
             flags: 0,
             waker: None,
@@ -241,6 +254,9 @@ impl Slab {
         let slot = self.get(idx);
         slot.state = State::Free;
         slot.waker = None;
+        // A recycled slot must not inherit the last op's drop action (a
+        // stale CancelCloseFd would close whatever fd a later op returns).
+        slot.on_drop = OnDrop::Wait;
         let buf = slot.data.buf.take();
         self.free.push(idx);
         buf
@@ -266,6 +282,9 @@ struct Inner {
     eventfd_armed: bool,
     /// Set by `shutdown`: the kernel side is gone or being drained.
     shut: bool,
+    /// SQEs placed in the SQ since the kernel last took SQEs.
+    fresh: usize,
+    sqpoll: bool,
 }
 
 /// One io_uring and its op table. `!Send`: it belongs to the thread that
@@ -284,9 +303,11 @@ impl Ring {
                 cfg.cq_entries, cfg.sq_entries
             )));
         }
-        if cfg.sqpoll_idle_ms.is_some() && cfg.task_run == TaskRun::Deferred {
+        if cfg.sqpoll_idle_ms.is_some() && cfg.task_run != TaskRun::Signal {
+            // The kernel rejects COOP_TASKRUN / TASKRUN_FLAG / DEFER_TASKRUN
+            // with SQPOLL (EINVAL): the SQ thread does the task work.
             return Err(Error::RingConfig(
-                "SQPOLL cannot be combined with DEFER_TASKRUN".into(),
+                "SQPOLL requires task_run: TaskRun::Signal".into(),
             ));
         }
         let mut b = IoUring::builder();
@@ -306,6 +327,7 @@ impl Ring {
             b.setup_sqpoll(ms);
         }
         let uring = b.build(cfg.sq_entries).map_err(Error::RingSetup)?;
+        let sqpoll = uring.params().is_setup_sqpoll();
         Ok(Ring {
             inner: RefCell::new(Inner {
                 uring,
@@ -315,6 +337,8 @@ impl Ring {
                 stats: RingStats::default(),
                 eventfd_armed: false,
                 shut: false,
+                fresh: 0,
+                sqpoll,
             }),
         })
     }
@@ -386,6 +410,10 @@ impl Ring {
                     State::Orphaned => {
                         // The kernel is done with the buffers: free them now.
                         inner.slab.kernel_owned -= 1;
+                        let slot = inner.slab.get(idx);
+                        if slot.on_drop == OnDrop::CancelCloseFd && cqe.result() >= 0 {
+                            close_orphan_fd(cqe.result());
+                        }
                         drop(inner.slab.release(idx));
                     }
                     State::EventFd => {
@@ -448,6 +476,7 @@ impl Ring {
         let slot = inner.slab.get(idx);
         slot.gen = slot.gen.wrapping_add(1);
         slot.state = State::Orphaned;
+        slot.on_drop = OnDrop::Wait;
         let key = make_key(idx, slot.gen);
         let sqe = opcode::Close::new(types::Fd(fd)).build().user_data(key);
         inner.slab.kernel_owned += 1;
@@ -463,7 +492,7 @@ impl Ring {
     /// memory valid for the access the opcode performs.
     pub(crate) unsafe fn start(
         &self,
-        cancel_on_drop: bool,
+        on_drop: OnDrop,
         buf: Option<AlignedBuf>,
         prep: impl FnOnce(&mut OpData) -> squeue::Entry,
     ) -> u64 {
@@ -473,7 +502,7 @@ impl Ring {
         let slot = inner.slab.get(idx);
         slot.gen = slot.gen.wrapping_add(1);
         slot.state = State::Pending;
-        slot.cancel_on_drop = cancel_on_drop;
+        slot.on_drop = on_drop;
         slot.data.buf = buf;
         let key = make_key(idx, slot.gen);
         let sqe = prep(&mut slot.data).user_data(key);
@@ -519,7 +548,7 @@ impl Ring {
             State::Pending => {
                 slot.state = State::Orphaned;
                 let waker = slot.waker.take();
-                let cancel = slot.cancel_on_drop;
+                let cancel = slot.on_drop != OnDrop::Wait;
                 inner.stats.orphaned += 1;
                 if cancel && !inner.shut {
                     let sqe = opcode::AsyncCancel::new(key).build().user_data(CANCEL_UD);
@@ -529,6 +558,9 @@ impl Ring {
                 drop(waker);
             }
             State::Done => {
+                if slot.on_drop == OnDrop::CancelCloseFd && slot.res >= 0 {
+                    close_orphan_fd(slot.res);
+                }
                 let (idx, _) = split_key(key);
                 let bufs = inner.slab.release(idx);
                 drop(inner);
@@ -591,6 +623,13 @@ impl Drop for Ring {
         if !self.inner.borrow().shut || self.kernel_owned() > 0 {
             self.shutdown(Duration::from_secs(10), || {});
         }
+        // Accepts that completed but were never collected: close their fds.
+        let inner = self.inner.get_mut();
+        for slot in inner.slab.chunks.iter().flat_map(|c| c.iter()) {
+            if slot.state == State::Done && slot.on_drop == OnDrop::CancelCloseFd && slot.res >= 0 {
+                close_orphan_fd(slot.res);
+            }
+        }
     }
 }
 
@@ -609,12 +648,15 @@ impl Inner {
         // SAFETY: the SQE only points into slot data, which stays in place
         // until its CQE is reaped (the caller of `start` promised that).
         if unsafe { self.uring.submission().push(&sqe) }.is_ok() {
+            self.fresh += 1;
             return;
         }
         self.stats.sq_full += 1;
         self.enter(0, None);
         // SAFETY: as above.
-        if unsafe { self.uring.submission().push(&sqe) }.is_err() {
+        if unsafe { self.uring.submission().push(&sqe) }.is_ok() {
+            self.fresh += 1;
+        } else {
             self.backlog.push_back(sqe);
         }
     }
@@ -626,6 +668,7 @@ impl Inner {
             if unsafe { self.uring.submission().push(sqe) }.is_err() {
                 break;
             }
+            self.fresh += 1;
             self.backlog.pop_front();
         }
     }
@@ -634,15 +677,18 @@ impl Inner {
         let mut total = 0;
         loop {
             self.flush_backlog();
-            let (queued, flagged) = {
+            let flagged = {
                 let sq = self.uring.submission();
-                (sq.len(), sq.cq_overflow() || sq.taskrun())
+                sq.cq_overflow() || sq.taskrun()
             };
-            if queued == 0 && !flagged && want == 0 {
+            if self.fresh == 0 && !flagged && want == 0 {
                 return total;
             }
-            total += self.enter(want, timeout);
-            if self.backlog.is_empty() || want > 0 {
+            let n = self.enter(want, timeout);
+            total += n;
+            // Loop only to move a backlog in, and only while the kernel
+            // takes SQEs (an EBUSY must not spin here without reaping).
+            if self.backlog.is_empty() || want > 0 || n == 0 {
                 return total;
             }
         }
@@ -651,7 +697,7 @@ impl Inner {
     /// One `io_uring_enter`. Transient errors leave SQEs queued for the
     /// next call.
     fn enter(&mut self, want: usize, timeout: Option<Duration>) -> usize {
-        let queued = self.uring.submission().len();
+        let queued = self.fresh;
         let r = match timeout {
             Some(t) if want > 0 => {
                 let ts = types::Timespec::from(t);
@@ -665,6 +711,15 @@ impl Inner {
         }
         match r {
             Ok(n) => {
+                // With SQPOLL the kernel reports the SQ length (entries the
+                // poll thread may not have taken yet), so count what we
+                // handed over since the last call instead.
+                let n = if self.sqpoll {
+                    std::mem::take(&mut self.fresh)
+                } else {
+                    self.fresh = self.fresh.saturating_sub(n);
+                    n
+                };
                 self.stats.sqes_submitted += n as u64;
                 n
             }
@@ -727,7 +782,7 @@ impl Op {
     /// # Safety
     /// As [`Ring::start`].
     pub(crate) unsafe fn start(
-        cancel_on_drop: bool,
+        on_drop: OnDrop,
         buf: Option<AlignedBuf>,
         prep: impl FnOnce(&mut OpData) -> squeue::Entry,
     ) -> Result<Op, Option<AlignedBuf>> {
@@ -738,7 +793,7 @@ impl Op {
             }
             let (b, p) = bufs.take().expect("once");
             // SAFETY: forwarded from our caller.
-            Some(unsafe { r.start(cancel_on_drop, b, p) })
+            Some(unsafe { r.start(on_drop, b, p) })
         })
         .flatten();
         match key {
@@ -773,6 +828,14 @@ impl Drop for Op {
     }
 }
 
+/// Close a descriptor an abandoned op (accept) produced. Rare path: a
+/// plain `close(2)`.
+fn close_orphan_fd(fd: i32) {
+    // SAFETY: the kernel created this descriptor for an op nobody will
+    // ever see the result of; we are its only owner.
+    unsafe { libc::close(fd) };
+}
+
 /// Turn a CQE result into bytes transferred or an error.
 pub(crate) fn cqe_result(res: i32) -> io::Result<usize> {
     if res < 0 {
@@ -787,7 +850,7 @@ pub(crate) fn cqe_result(res: i32) -> io::Result<usize> {
 pub async fn sleep(d: Duration) -> io::Result<()> {
     // SAFETY: the timeout SQE points at `ext.ts` in the op's own slot.
     let op = unsafe {
-        Op::start(false, None, |data| {
+        Op::start(OnDrop::Wait, None, |data| {
             data.ext.ts = types::Timespec::from(d);
             opcode::Timeout::new(&data.ext.ts as *const types::Timespec).build()
         })

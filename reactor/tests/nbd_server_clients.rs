@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbd_common::{random_bytes, require_tool, run_any, run_ok, stdout};
+use nbd_common::{random_bytes, require_tool, stdout};
 use nbd_server_common::*;
 
 fn nbdinfo() -> Command {

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nbd_common::{random_bytes, require_tool, run_any, run_ok, stdout};
+use nbd_common::{random_bytes, require_tool, stdout};
 use nbd_server_common::*;
 
 /// The tests in this file measure or load the machine: one at a time.
@@ -77,6 +77,7 @@ fn nbd_server_fio_randwrite_verify_two_connections() {
         "--size=32M",
         "--offset_increment=32M",
         "--verify=crc32c",
+        "--verify_state_save=0",
         "--verify_fatal=1",
     ];
     let out = run_any(&mut fio_job(&uri, &job));
@@ -134,11 +135,7 @@ fn nbd_server_fio_randwrite_verify_two_connections() {
 #[test]
 fn nbd_server_fio_4k_random_iops_qd32() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut cfg = sluice_reactor::nbd::ServerConfig::default();
-    if let Ok(v) = std::env::var("COALESCE") {
-        cfg.coalesce_bytes = v.parse().unwrap();
-    }
-    let f = Fixture::start_with(vec![MemStore::new("disk", SIZE, false)], cfg);
+    let f = Fixture::start(vec![MemStore::new("disk", SIZE, false)]);
     // Real data everywhere, so reads return data (holes would cost nothing).
     let s = f.store("disk");
     for i in 0..SIZE / MIB {

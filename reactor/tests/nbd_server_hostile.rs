@@ -332,7 +332,7 @@ fn nbd_server_bounds_requests_in_flight() {
         burst.extend(request_bytes(0, CMD_READ, i, (i % 16) * 4096, 4096));
     }
     c.send(&burst).unwrap();
-    let mut seen = vec![false; 64];
+    let mut seen = [false; 64];
     for _ in 0..64 {
         match c.reply().unwrap() {
             Reply::Simple { handle, error: 0 } => {
@@ -345,6 +345,50 @@ fn nbd_server_bounds_requests_in_flight() {
     assert!(seen.iter().all(|&s| s));
     let max = f.store("disk").counters.max_active.load(Ordering::SeqCst);
     assert!((2..=4).contains(&max), "max in flight {max}");
+}
+
+/// A client that floods requests and never reads a reply: the server stops
+/// reading once its bound of unsent replies is reached (it does not queue
+/// without end), and drops the connection cleanly when the client goes.
+#[test]
+fn nbd_server_client_that_never_reads_replies_is_bounded() {
+    let f = fixture();
+    // Data, not holes: a hole reply is 32 bytes, a data reply 64 KiB.
+    f.store("disk").write(0, &random_bytes(5, MIB as usize));
+    let mut ok = bystander(&f);
+    let c = RawClient::connect(unix(&f), "disk", true).unwrap();
+    let mut w = c.s.try_clone().unwrap();
+    let flood = std::thread::spawn(move || {
+        let mut sent = 0u64;
+        for i in 0..20_000u64 {
+            let r = request_bytes(0, CMD_READ, i, (i % 16) * 65536, 65536);
+            if w.write_all(&r).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let reads = f.store("disk").counters.reads.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(300));
+    let reads2 = f.store("disk").counters.reads.load(Ordering::SeqCst);
+    assert_eq!(reads, reads2, "server kept reading requests");
+    eprintln!("reads executed for a client that reads nothing: {reads}");
+    // Default bound: 128 unsent replies (8 MiB here) plus what the socket
+    // buffers hold.
+    assert!(
+        reads < 400,
+        "{reads} reads executed for a client that reads nothing"
+    );
+    check_bystander(&mut ok, 1);
+    c.s.shutdown(std::net::Shutdown::Both).unwrap();
+    let sent = flood.join().unwrap();
+    assert!(sent < 20_000, "the flood was never held back");
+    drop(c);
+    f.wait_connections_at_most(1);
+    check_bystander(&mut ok, 2);
+    f.assert_reactors_alive();
 }
 
 #[test]
@@ -384,6 +428,7 @@ fn nbd_server_stop_with_connections_open_is_prompt() {
     let t = Instant::now();
     f.server.stop();
     let took = t.elapsed();
+    eprintln!("stop() with 3 connections (16 reads of 300 ms in flight) took {took:?}");
     assert!(took < Duration::from_secs(2), "stop took {took:?}");
     assert_eq!(f.server.connections(), 0);
     assert_eq!(f.store("disk").counters.active.load(Ordering::SeqCst), 0);

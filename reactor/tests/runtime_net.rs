@@ -259,3 +259,48 @@ fn dropped_recv_is_cancelled() {
         assert_eq!(&buf[..n], b"after");
     });
 }
+
+/// An accept whose future is dropped must not leak the connection it may
+/// still accept: the client must see its connection end.
+#[test]
+fn dropped_accept_leaks_no_socket() {
+    for collect_first in [true, false] {
+        block_on(async {
+            let path = sock_path(&format!("accept-drop-{collect_first}"));
+            let l = UringListener::bind_unix(&path).unwrap();
+            let mut f = Box::pin(l.accept());
+            assert!(futures::poll!(f.as_mut()).is_pending());
+            yield_now().await; // submitted
+            let mut c = UnixStream::connect(&path).unwrap();
+            if collect_first {
+                // Let the accept complete and be reaped before the drop.
+                for _ in 0..100 {
+                    sleep(Duration::from_millis(1)).await.unwrap();
+                    if current_stats().unwrap().inflight == 0 {
+                        break;
+                    }
+                }
+                assert_eq!(
+                    current_stats().unwrap().inflight,
+                    0,
+                    "accept did not complete"
+                );
+            }
+            drop(f);
+            drop(l);
+            for _ in 0..100 {
+                sleep(Duration::from_millis(1)).await.unwrap();
+                if current_stats().unwrap().inflight == 0 {
+                    break;
+                }
+            }
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut b = [0u8; 1];
+            match c.read(&mut b) {
+                Ok(0) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+                other => panic!("connection still open after the accept was dropped: {other:?}"),
+            }
+        });
+    }
+}

@@ -324,3 +324,22 @@ fn bad_configs_are_errors() {
     };
     assert!(Reactors::start(&cores(), bad_ring).is_err());
 }
+
+#[test]
+fn a_panicking_reactor_fails_calls_instead_of_hanging() {
+    let r = start();
+    r.send(0, || panic!("boom (expected by the test)")).unwrap();
+    let t0 = Instant::now();
+    let res = r.call(0, || async { 1 });
+    assert!(
+        matches!(
+            res,
+            Err(CallError::Canceled) | Err(CallError::Send(SendError::Stopped(0)))
+        ),
+        "{res:?}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    // The other reactor is unaffected.
+    assert_eq!(r.call(1, || async { 2 }).unwrap(), 2);
+    assert!(matches!(r.stop(), Err(sluice_reactor::Error::Panicked(0))));
+}

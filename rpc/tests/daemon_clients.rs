@@ -156,7 +156,8 @@ fn qemu_img_convert_multi_gib_and_compare_back() {
             &d.uri("vol0"),
         ],
     );
-    // The target is bigger than the image: compare the image's extent.
+    // The export is larger than the image; qemu-img compare accepts that
+    // when the extra range reads as zeros (it is a hole).
     run(
         "qemu-img",
         &[
@@ -168,15 +169,7 @@ fn qemu_img_convert_multi_gib_and_compare_back() {
             &img_s,
             &d.tcp_uri("vol0"),
         ],
-    )
-    .status
-    .success()
-    .then_some(())
-    .or_else(|| {
-        // qemu-img compare requires equal sizes or zeros beyond: the tail is a hole.
-        None
-    })
-    .expect("compare");
+    );
     let out = d.dir.join("back.img");
     run(
         "qemu-img",
@@ -262,6 +255,7 @@ fn fio_verify_survives_clean_restart_and_kill9() {
             "--verify=crc32c",
             "--verify_fatal=1",
             "--randrepeat=1",
+            "--verify_state_save=0",
             "--group_reporting",
             "--output-format=terse",
         ];
@@ -288,6 +282,7 @@ fn fio_verify_survives_clean_restart_and_kill9() {
                 "--verify_only=1",
                 "--verify_fatal=1",
                 "--randrepeat=1",
+                "--verify_state_save=0",
                 "--group_reporting",
                 "--output-format=terse",
             ]

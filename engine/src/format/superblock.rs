@@ -162,4 +162,22 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(4);
+        for _ in 0..5000 {
+            let mut b = vec![0u8; BLOCK_SIZE];
+            rng.fill(&mut b[..]);
+            b[0..8].copy_from_slice(SB_MAGIC);
+            put_u32(&mut b, O_ZONE, 1);
+            b[O_UUID..O_UUID + 16].copy_from_slice(&[5; 16]);
+            if rng.gen_bool(0.7) {
+                let crc = crc_with_hole(&b, O_CRC);
+                put_u32(&mut b, O_CRC, crc);
+            }
+            let _ = Superblock::decode(&b, 0, 1, &[5; 16]);
+        }
+    }
 }

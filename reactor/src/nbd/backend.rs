@@ -91,9 +91,11 @@ impl ReadSeg {
 /// futures is exactly what we want.
 #[allow(async_fn_in_trait)]
 pub trait ExportBackend {
-    /// Size of the export in bytes.
+    /// Size of the export in bytes. The server validates requests against
+    /// the smaller of this and the size announced in the handshake.
     fn size(&self) -> u64;
-    /// Whether write-type commands are refused (`EPERM`).
+    /// Whether write-type commands are refused (`EPERM`), in addition to
+    /// the read-only flag announced in the handshake.
     fn read_only(&self) -> bool;
     /// Read `[offset, offset + len)`: pieces in order, covering the range.
     async fn read(&self, offset: u64, len: u32) -> Result<Vec<ReadSeg>, BackendError>;

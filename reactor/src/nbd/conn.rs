@@ -43,6 +43,7 @@ use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use futures::future::{select, Either};
 use sluice_engine::AlignedBuf;
@@ -196,13 +197,36 @@ pub(crate) async fn unless<F: Future>(latch: &Latch, f: F) -> Option<F::Output> 
 pub(crate) struct ConnCtl {
     stream: UringStream,
     killed: Latch,
+    /// While negotiating: when the handshake must be done. The server's
+    /// per-reactor sweeper enforces it (one timer per reactor instead of a
+    /// timer per connection: a dropped `sleep` would stay in the kernel
+    /// until it fires).
+    handshake_deadline: Cell<Option<Instant>>,
+    timed_out: Cell<bool>,
 }
 
 impl ConnCtl {
-    pub(crate) fn new(stream: UringStream) -> Self {
+    pub(crate) fn new(stream: UringStream, handshake_deadline: Option<Instant>) -> Self {
         ConnCtl {
             stream,
             killed: Latch::default(),
+            handshake_deadline: Cell::new(handshake_deadline),
+            timed_out: Cell::new(false),
+        }
+    }
+
+    /// Kill the connection if its handshake deadline has passed. Returns
+    /// whether it still has a deadline pending (is still negotiating).
+    pub(crate) fn expire_handshake(&self, now: Instant) -> bool {
+        match self.handshake_deadline.get() {
+            Some(d) if now >= d => {
+                self.handshake_deadline.set(None);
+                self.timed_out.set(true);
+                self.kill();
+                false
+            }
+            Some(_) => true,
+            None => false,
         }
     }
 
@@ -244,10 +268,14 @@ impl Hdr {
 }
 
 /// One piece of output: frame bytes, optionally followed by a data buffer
-/// that is sent without copying.
+/// that is sent without copying. The last piece of a reply carries the
+/// request's cost (`fin`): the request stops counting against the
+/// connection's bounds only once the writer has sent (or dropped) it, so a
+/// client that does not read its replies cannot make us queue without end.
 struct Out {
     hdr: Hdr,
     data: Option<AlignedBuf>,
+    fin: Option<usize>,
 }
 
 impl Out {
@@ -255,6 +283,7 @@ impl Out {
         Out {
             hdr: Hdr::new(b),
             data: None,
+            fin: None,
         }
     }
 
@@ -266,6 +295,7 @@ impl Out {
                 Hdr::Heap(v)
             },
             data: None,
+            fin: None,
         }
     }
 
@@ -273,7 +303,14 @@ impl Out {
         Out {
             hdr: Hdr::new(b),
             data: Some(data),
+            fin: None,
         }
+    }
+
+    /// Mark as the last piece of a reply to a request of `cost` bytes.
+    fn fin(mut self, cost: usize) -> Out {
+        self.fin = Some(cost);
+        self
     }
 }
 
@@ -289,16 +326,37 @@ struct ConnShared {
     /// The writer is gone (socket failed, killed, or finished): replies are
     /// dropped.
     dead: Cell<bool>,
+    /// Requests admitted whose reply has not been sent yet (running in the
+    /// backend, or queued for the writer).
     inflight: Cell<usize>,
+    /// Their cost in buffer bytes.
     inflight_bytes: Cell<usize>,
 }
 
 impl ConnShared {
     fn push(&self, out: Out) {
-        if !self.dead.get() {
-            self.queue.borrow_mut().push_back(out);
-            self.writer_wake.notify();
+        if self.dead.get() {
+            if let Some(cost) = out.fin {
+                self.retire(cost);
+            }
+            return;
         }
+        self.queue.borrow_mut().push_back(out);
+        self.writer_wake.notify();
+    }
+
+    fn admit(&self, cost: usize) {
+        self.inflight.set(self.inflight.get() + 1);
+        self.inflight_bytes.set(self.inflight_bytes.get() + cost);
+    }
+
+    /// A request's reply is out (or dropped): wake the reader, which may be
+    /// waiting for room or for the last request.
+    fn retire(&self, cost: usize) {
+        self.inflight.set(self.inflight.get().saturating_sub(1));
+        self.inflight_bytes
+            .set(self.inflight_bytes.get().saturating_sub(cost));
+        self.reader_wake.notify();
     }
 }
 
@@ -315,13 +373,18 @@ pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
     cfg: &ServerConfig,
     on_negotiated: impl FnOnce(&str),
 ) -> ConnEnd {
-    let (neg, leftover) = match handshake(&ctl, &*provider, cfg, on_negotiated).await {
+    let (neg, leftover) = match handshake(&ctl, &*provider, on_negotiated).await {
         Ok(x) => x,
         Err(end) => return end,
     };
     let Some(backend) = provider.open(&neg.export_name) else {
         return ConnEnd::NoBackend(neg.export_name);
     };
+    // The export may have changed between lookup and open (resized,
+    // turned read-only): enforce the stricter of both views.
+    let mut neg = neg;
+    neg.read_only |= backend.read_only();
+    neg.size = neg.size.min(backend.size());
     let sh = Rc::new(ConnShared::default());
     let writer = spawn_local(write_replies(
         ctl.clone(),
@@ -329,8 +392,8 @@ pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
         cfg.coalesce_bytes.min(BATCH_CAP / 2),
     ));
     let end = read_requests(&ctl, &sh, Rc::new(backend), Rc::new(neg), leftover, cfg).await;
-    // Let every started request finish (their replies still go out unless
-    // the socket is gone), then let the writer drain and exit.
+    // Let every started request finish and its reply go out (or be dropped
+    // if the socket is gone), then let the writer exit.
     while sh.inflight.get() > 0 {
         sh.reader_wake.notified().await;
     }
@@ -347,19 +410,13 @@ pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
 async fn handshake<P: ExportProvider + ?Sized>(
     ctl: &ConnCtl,
     provider: &P,
-    cfg: &ServerConfig,
     on_negotiated: impl FnOnce(&str),
 ) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
-    let fut = handshake_inner(ctl, provider, on_negotiated);
-    let Some(t) = cfg.handshake_timeout else {
-        return fut.await;
-    };
-    let mut fut = pin!(fut);
-    match select(fut.as_mut(), pin!(crate::ring::sleep(t))).await {
-        Either::Left((r, _)) => r,
-        Either::Right((Ok(()), _)) => Err(ConnEnd::HandshakeTimeout),
-        // No timer available: go on without a timeout.
-        Either::Right((Err(_), _)) => fut.await,
+    let r = handshake_inner(ctl, provider, on_negotiated).await;
+    ctl.handshake_deadline.set(None);
+    match r {
+        Err(ConnEnd::Killed) if ctl.timed_out.get() => Err(ConnEnd::HandshakeTimeout),
+        r => r,
     }
 }
 
@@ -635,7 +692,10 @@ async fn read_requests<B: ExportBackend + 'static>(
                 );
                 let mut v = Vec::new();
                 encode_error_reply(&mut v, &req, &neg, errno, &msg);
-                sh.push(Out::owned(v));
+                // Error replies count too: a flood of bad requests from a
+                // client that does not read must not queue without bound.
+                sh.admit(0);
+                sh.push(Out::owned(v).fin(0));
             }
             Ok(()) => {
                 let payload = if req.payload_len() > 0 {
@@ -647,15 +707,11 @@ async fn read_requests<B: ExportBackend + 'static>(
                     None
                 };
                 let cost = request_cost(&req);
-                sh.inflight.set(sh.inflight.get() + 1);
-                sh.inflight_bytes.set(sh.inflight_bytes.get() + cost);
+                sh.admit(cost);
                 let (sh2, be, ng) = (sh.clone(), backend.clone(), neg.clone());
                 let bs_max = cfg.block_status_max.max(MIN_BLOCK_SIZE);
                 spawn_local(async move {
-                    execute(&*be, &sh2, &req, &ng, payload, bs_max).await;
-                    sh2.inflight.set(sh2.inflight.get() - 1);
-                    sh2.inflight_bytes.set(sh2.inflight_bytes.get() - cost);
-                    sh2.reader_wake.notify();
+                    execute(&*be, &sh2, &req, &ng, payload, bs_max, cost).await;
                 })
                 .detach();
             }
@@ -667,17 +723,18 @@ async fn read_requests<B: ExportBackend + 'static>(
 // Executing requests
 // ---------------------------------------------------------------------------
 
-fn push_error(sh: &ConnShared, req: &Request, neg: &Negotiated, e: &BackendError) {
+fn push_error(sh: &ConnShared, req: &Request, neg: &Negotiated, e: &BackendError, cost: usize) {
     let mut v = Vec::new();
     encode_error_reply(&mut v, req, neg, e.errno, &e.message);
-    sh.push(Out::owned(v));
+    sh.push(Out::owned(v).fin(cost));
 }
 
-fn push_ok(sh: &ConnShared, req: &Request) {
-    sh.push(Out::bytes(&encode_simple_reply_header(req.handle, None)));
+fn push_ok(sh: &ConnShared, req: &Request, cost: usize) {
+    sh.push(Out::bytes(&encode_simple_reply_header(req.handle, None)).fin(cost));
 }
 
-/// Run one validated request against the backend and queue its reply.
+/// Run one validated request against the backend and queue its reply
+/// (whose last piece retires the request's `cost`).
 async fn execute<B: ExportBackend>(
     backend: &B,
     sh: &ConnShared,
@@ -685,6 +742,7 @@ async fn execute<B: ExportBackend>(
     neg: &Negotiated,
     payload: Option<AlignedBuf>,
     block_status_max: u32,
+    cost: usize,
 ) {
     let fua = req.has_flag(CMD_FLAG_FUA);
     let (off, len) = (req.offset, req.length);
@@ -692,7 +750,7 @@ async fn execute<B: ExportBackend>(
         Command::Read => match backend.read(off, len).await {
             Ok(segs) => match check_segments(req, &segs) {
                 Ok(()) => {
-                    push_read(sh, req, neg, segs);
+                    push_read(sh, req, neg, segs, cost);
                     return;
                 }
                 Err(e) => Err(e),
@@ -725,7 +783,7 @@ async fn execute<B: ExportBackend>(
                         .unwrap_or(BASE_ALLOCATION_CONTEXT_ID);
                     let mut v = Vec::new();
                     encode_block_status(&mut v, req, ctx, &extents);
-                    sh.push(Out::owned(v));
+                    sh.push(Out::owned(v).fin(cost));
                     return;
                 }
                 Err(e) => Err(e),
@@ -738,8 +796,8 @@ async fn execute<B: ExportBackend>(
         )),
     };
     match r {
-        Ok(()) => push_ok(sh, req),
-        Err(e) => push_error(sh, req, neg, &e),
+        Ok(()) => push_ok(sh, req, cost),
+        Err(e) => push_error(sh, req, neg, &e, cost),
     }
 }
 
@@ -773,7 +831,8 @@ fn check_segments(req: &Request, segs: &[ReadSeg]) -> Result<(), BackendError> {
 
 /// Queue a successful READ reply: one chunk per piece with structured
 /// replies (holes cost no payload), else one contiguous payload.
-fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg>) {
+fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg>, cost: usize) {
+    let last = |out: Out, done: bool| if done { out.fin(cost) } else { out };
     if neg.structured_replies && !req.has_flag(CMD_FLAG_DF) {
         let n = segs.len();
         for (i, seg) in segs.into_iter().enumerate() {
@@ -781,7 +840,7 @@ fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg
             match seg {
                 ReadSeg::Data { offset, buf } => {
                     let h = encode_offset_data_header(req.handle, offset, buf.len() as u32, done);
-                    sh.push(Out::with_data(&h, buf));
+                    sh.push(last(Out::with_data(&h, buf), done));
                 }
                 ReadSeg::Hole { offset, len } => {
                     let flags = if done { REPLY_FLAG_DONE } else { 0 };
@@ -795,7 +854,7 @@ fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg
                     h[STRUCTURED_REPLY_HEADER_LEN..STRUCTURED_REPLY_HEADER_LEN + 8]
                         .copy_from_slice(&offset.to_be_bytes());
                     h[STRUCTURED_REPLY_HEADER_LEN + 8..].copy_from_slice(&len.to_be_bytes());
-                    sh.push(Out::bytes(&h));
+                    sh.push(last(Out::bytes(&h), done));
                 }
             }
         }
@@ -804,10 +863,10 @@ fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg
     let data = contiguous(req, segs);
     if neg.structured_replies {
         let h = encode_offset_data_header(req.handle, req.offset, req.length, true);
-        sh.push(Out::with_data(&h, data));
+        sh.push(Out::with_data(&h, data).fin(cost));
     } else {
         let h = encode_simple_reply_header(req.handle, None);
-        sh.push(Out::with_data(&h, data));
+        sh.push(Out::with_data(&h, data).fin(cost));
     }
 }
 
@@ -883,7 +942,12 @@ async fn send_data(ctl: &ConnCtl, hdr: &[u8], data: AlignedBuf) -> bool {
 async fn write_replies(ctl: Rc<ConnCtl>, sh: Rc<ConnShared>, coalesce: usize) {
     let ok = write_loop(&ctl, &sh, coalesce).await;
     sh.dead.set(true);
-    sh.queue.borrow_mut().clear();
+    let dropped: Vec<Out> = sh.queue.borrow_mut().drain(..).collect();
+    for out in dropped {
+        if let Some(cost) = out.fin {
+            sh.retire(cost);
+        }
+    }
     if !ok {
         // The client cannot hear us any more: stop reading from it too.
         ctl.kill();
@@ -893,13 +957,13 @@ async fn write_replies(ctl: Rc<ConnCtl>, sh: Rc<ConnShared>, coalesce: usize) {
 async fn write_loop(ctl: &ConnCtl, sh: &ConnShared, coalesce: usize) -> bool {
     let mut batch = AlignedBuf::zeroed(BATCH_CAP);
     batch.set_len(0);
+    let mut batch = Some(batch);
     loop {
         let next = sh.queue.borrow_mut().pop_front();
         let Some(out) = next else {
-            if !batch.is_empty() {
-                match flush_batch(ctl, batch).await {
-                    Some(b) => batch = b,
-                    None => return false,
+            if batch.as_ref().is_some_and(|b| !b.is_empty()) {
+                if !flush(ctl, &mut batch).await {
+                    return false;
                 }
                 continue;
             }
@@ -914,50 +978,78 @@ async fn write_loop(ctl: &ConnCtl, sh: &ConnShared, coalesce: usize) -> bool {
             }
             continue;
         };
-        let hdr = out.hdr.as_slice();
-        match out.data {
-            None => {
-                if batch.len() + hdr.len() > batch.capacity() {
-                    match flush_batch(ctl, batch).await {
-                        Some(b) => batch = b,
-                        None => return false,
-                    }
-                }
-                if hdr.len() > batch.capacity() {
-                    if flush_batch(ctl, AlignedBuf::from_slice(hdr))
-                        .await
-                        .is_none()
-                    {
-                        return false;
-                    }
-                } else {
-                    append(&mut batch, hdr);
-                }
+        let fin = out.fin;
+        let ok = send_out(ctl, sh, &mut batch, out, coalesce).await;
+        if let Some(cost) = fin {
+            sh.retire(cost);
+        }
+        if !ok {
+            return false;
+        }
+    }
+}
+
+/// Send the batch in `slot` (left in place, emptied); false if the socket
+/// failed or the connection was killed.
+async fn flush(ctl: &ConnCtl, slot: &mut Option<AlignedBuf>) -> bool {
+    match slot.take() {
+        Some(b) => {
+            *slot = flush_batch(ctl, b).await;
+            slot.is_some()
+        }
+        None => false,
+    }
+}
+
+/// Queue one piece into the batch or send it (after the batch, keeping
+/// order). False if the socket failed or the connection was killed.
+async fn send_out(
+    ctl: &ConnCtl,
+    sh: &ConnShared,
+    slot: &mut Option<AlignedBuf>,
+    out: Out,
+    coalesce: usize,
+) -> bool {
+    let hdr = out.hdr.as_slice();
+    let Some(batch) = slot.as_mut() else {
+        return false;
+    };
+    match out.data {
+        None => {
+            if batch.len() + hdr.len() > batch.capacity() && !flush(ctl, slot).await {
+                return false;
             }
-            Some(data) => {
-                let more = !sh.queue.borrow().is_empty();
-                let total = hdr.len() + data.len();
-                if more && data.len() <= coalesce && batch.len() + total <= batch.capacity() {
-                    append(&mut batch, hdr);
-                    append(&mut batch, &data);
-                } else if batch.len() + hdr.len() <= MAX_INLINE_HEADER {
-                    let mut h = [0u8; MAX_INLINE_HEADER];
-                    let b = batch.len();
-                    h[..b].copy_from_slice(&batch);
-                    h[b..b + hdr.len()].copy_from_slice(hdr);
-                    batch.set_len(0);
-                    if !send_data(ctl, &h[..b + hdr.len()], data).await {
-                        return false;
-                    }
-                } else {
-                    match flush_batch(ctl, batch).await {
-                        Some(b) => batch = b,
-                        None => return false,
-                    }
-                    if !send_data(ctl, hdr, data).await {
-                        return false;
-                    }
-                }
+            let Some(batch) = slot.as_mut() else {
+                return false;
+            };
+            if hdr.len() > batch.capacity() {
+                return flush_batch(ctl, AlignedBuf::from_slice(hdr))
+                    .await
+                    .is_some();
+            }
+            append(batch, hdr);
+            true
+        }
+        Some(data) => {
+            let more = !sh.queue.borrow().is_empty();
+            let total = hdr.len() + data.len();
+            if more && data.len() <= coalesce && batch.len() + total <= batch.capacity() {
+                // Cheaper to copy a small payload than to give it its own
+                // send when more replies are waiting to go.
+                append(batch, hdr);
+                append(batch, &data);
+                true
+            } else if batch.len() + hdr.len() <= MAX_INLINE_HEADER {
+                // Batched frames + this header in front of the data: one
+                // sendmsg, data not copied.
+                let mut h = [0u8; MAX_INLINE_HEADER];
+                let b = batch.len();
+                h[..b].copy_from_slice(batch);
+                h[b..b + hdr.len()].copy_from_slice(hdr);
+                batch.set_len(0);
+                send_data(ctl, &h[..b + hdr.len()], data).await
+            } else {
+                flush(ctl, slot).await && send_data(ctl, hdr, data).await
             }
         }
     }

@@ -4,7 +4,7 @@
 //! listeners, running their accept loops on reactors, spreading accepted
 //! connections round-robin over all reactors, the registry of live
 //! connections (for counts, per-export disconnects and `stop`), and
-//! [`NbdServer::stop`]. What happens on a connection is in [`super::conn`].
+//! [`NbdServer::stop`]. What happens on a connection is in `nbd/conn.rs`.
 //!
 //! Placement: listener `i` accepts on reactor `i % n`. Each accepted socket
 //! goes to the next reactor in round-robin order; when that is another
@@ -19,7 +19,7 @@
 //! from another thread, which could hit a recycled descriptor.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -209,6 +209,8 @@ static NEXT_SERVER: AtomicU64 = AtomicU64::new(1);
 struct Local {
     conns: HashMap<(u64, u64), Weak<ConnCtl>>,
     acceptors: HashMap<(u64, usize), Weak<AcceptorCtl>>,
+    /// Servers whose handshake-timeout sweeper runs on this reactor.
+    sweepers: HashSet<u64>,
 }
 
 thread_local! {
@@ -611,8 +613,12 @@ fn start_connection<P: ExportProvider>(
     let Some(id) = core.register(reactor) else {
         return; // stopping: dropping the stream closes it
     };
-    let ctl = Rc::new(ConnCtl::new(stream));
+    let timeout = core.config.handshake_timeout;
+    let ctl = Rc::new(ConnCtl::new(stream, timeout.map(|t| Instant::now() + t)));
     with_local(|l| l.conns.insert((core.id, id), Rc::downgrade(&ctl)));
+    if let Some(t) = timeout {
+        ensure_sweeper(core.id, t);
+    }
     let guard = ConnGuard {
         core: core.clone(),
         id,
@@ -626,6 +632,42 @@ fn start_connection<P: ExportProvider>(
         .await;
         core.record_end(end);
         drop(guard);
+    })
+    .detach();
+}
+
+/// Start this reactor's handshake-timeout sweeper for server `sid` unless
+/// it runs already. It wakes a few times per timeout period, kills the
+/// connections past their deadline, and exits once none of the server's
+/// connections here is negotiating (the next one starts it again).
+fn ensure_sweeper(sid: u64, timeout: Duration) {
+    if with_local(|l| l.sweepers.insert(sid)) != Some(true) {
+        return;
+    }
+    let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    spawn_local(async move {
+        loop {
+            if crate::ring::sleep(period).await.is_err() {
+                break;
+            }
+            let now = Instant::now();
+            let ctls: Vec<Rc<ConnCtl>> = with_local(|l| {
+                l.conns
+                    .iter()
+                    .filter(|((s, _), _)| *s == sid)
+                    .filter_map(|(_, w)| w.upgrade())
+                    .collect()
+            })
+            .unwrap_or_default();
+            let mut pending = false;
+            for c in ctls {
+                pending |= c.expire_handshake(now);
+            }
+            if !pending {
+                break;
+            }
+        }
+        with_local(|l| l.sweepers.remove(&sid));
     })
     .detach();
 }

@@ -12,9 +12,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_engine::AlignedBuf;
 use sluice_reactor::nbd::handshake::ExportInfo;
@@ -480,4 +481,64 @@ impl Drop for Fixture {
         self.server.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// How long an external client may run before the test fails (a hung
+/// client must fail the test, not hang it).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Run a command to completion (killing it after [`CLIENT_TIMEOUT`]) and
+/// return its output whatever the exit status.
+pub fn run_any(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let done = Arc::new(AtomicBool::new(false));
+    let fired = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (done, fired) = (done.clone(), fired.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + CLIENT_TIMEOUT;
+            while !done.load(Ordering::SeqCst) {
+                if Instant::now() >= deadline {
+                    fired.store(true, Ordering::SeqCst);
+                    // SAFETY: signals our own child, which has not been
+                    // reaped yet (`done` is set only after the wait).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"));
+    done.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    assert!(
+        !fired.load(Ordering::SeqCst),
+        "{cmd:?} did not finish within {CLIENT_TIMEOUT:?}\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// [`run_any`], failing the test with the output unless the command
+/// succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run_any(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
