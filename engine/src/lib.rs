@@ -1,6 +1,6 @@
 //! sluice-engine: everything about what is on disk and what it means.
 //!
-//! No threads, sockets or io_uring live here: the engine talks to storage
+//! No threads, sockets or kernel rings live here: the engine talks to storage
 //! through [`dev::BlockDev`], so all of it runs in tests on an in-memory or a
 //! simulated, crashing device.
 //!

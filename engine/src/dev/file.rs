@@ -1,6 +1,6 @@
 //! A plain file or block device with positional, synchronous I/O.
 //!
-//! Used by tools and tests; the daemon drives files through io_uring in the
+//! Used by tools and tests; the daemon drives files through the kernel ring in the
 //! reactor instead. Opens with O_DIRECT when asked (buffers are aligned).
 
 use super::{check_range, BlockDev, BufResult};
