@@ -45,6 +45,11 @@ fn local_zone(pool: &str, z: u32) -> Result<Rc<Zone<UringDev>>> {
         .ok_or_else(|| Error::NotFound(format!("zone {z} of pool '{pool}' on this reactor")))
 }
 
+/// The zones of `pool` this reactor owns.
+fn local_zones(pool: &str) -> Result<Vec<Rc<Zone<UringDev>>>> {
+    Ok(local(pool)?.borrow().zones.values().cloned().collect())
+}
+
 fn local_meta(pool: &str) -> Result<Rc<PoolMeta<UringDev>>> {
     local(pool)?
         .borrow()
@@ -367,8 +372,7 @@ impl PoolHost {
             let (name, f) = (self.name.clone(), f.clone());
             self.reactors
                 .call(r, move || async move {
-                    let zones: Vec<Rc<Zone<UringDev>>> =
-                        local(&name)?.borrow().zones.values().cloned().collect();
+                    let zones = local_zones(&name)?;
                     for z in zones {
                         f(z).await?;
                     }
@@ -495,8 +499,7 @@ impl PoolHost {
             let name = self.name.clone();
             async move {
                 let job = move || async move {
-                    let zones: Vec<Rc<Zone<UringDev>>> =
-                        local(&name)?.borrow().zones.values().cloned().collect();
+                    let zones = local_zones(&name)?;
                     for r in join_all(zones.iter().map(|z| z.flush())).await {
                         r?;
                     }
@@ -539,8 +542,7 @@ impl PoolHost {
             let parts = self
                 .reactors
                 .call(r, move || async move {
-                    let zones: Vec<Rc<Zone<UringDev>>> =
-                        local(&name)?.borrow().zones.values().cloned().collect();
+                    let zones = local_zones(&name)?;
                     Ok::<_, Error>(
                         zones
                             .iter()
@@ -595,8 +597,7 @@ impl PoolHost {
             let p = self
                 .reactors
                 .call(r, move || async move {
-                    let zones: Vec<Rc<Zone<UringDev>>> =
-                        local(&name)?.borrow().zones.values().cloned().collect();
+                    let zones = local_zones(&name)?;
                     let mut out = Vec::new();
                     for z in zones {
                         out.extend(z.check(&vols, deep).await?);

@@ -15,6 +15,7 @@ use crate::buf::{AlignedBuf, BLOCK_SIZE};
 use crate::compress::{self, Encoded};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result, Structure};
+use crate::format::Compression;
 use crate::intent_log::{Extent, Record};
 use crate::volume::{ChunkSpan, VolInfo};
 
@@ -132,7 +133,13 @@ impl<D: BlockDev> Zone<D> {
     /// chunk's write lock.
     async fn store(&self, vol: &VolInfo, chunk: u64, data: AlignedBuf) -> Result<()> {
         let cs = data.len();
-        let mut scratch = compress::scratch_for(cs);
+        // Scratch for LZ4 only when the chunk can compress (saves an
+        // allocation per write on uncompressed and 4 KiB-chunk volumes).
+        let mut scratch = if vol.compression == Compression::Lz4 && cs > BLOCK_SIZE {
+            compress::scratch_for(cs)
+        } else {
+            AlignedBuf::zeroed(0)
+        };
         let (buf, stored_len, compressed) =
             match compress::encode(vol.compression, &data, &mut scratch) {
                 Encoded::Hole => {

@@ -130,16 +130,13 @@ impl Daemon {
                 let s = stats.get(&(pool.name.clone(), v.id));
                 let ops = |i: usize| s.map(|s| s.ops[i]).unwrap_or(0);
                 let bytes = |i: usize| s.map(|s| s.bytes[i]).unwrap_or(0);
-                let pct = |h: Option<&hdrhistogram::Histogram<u64>>, q: f64| {
-                    h.filter(|h| !h.is_empty()).map(|h| h.value_at_quantile(q))
-                };
                 out.push(json!({
                     "name": v.name, "pool": pool.name,
                     "read_ops": ops(0), "read_bytes": bytes(0),
                     "write_ops": ops(1), "write_bytes": bytes(1),
                     "flush_ops": ops(2), "trim_ops": ops(3), "errors": s.map(|s| s.errors).unwrap_or(0),
-                    "read_lat_us": {"p50": pct(s.map(|s| &s.read_us), 0.5), "p99": pct(s.map(|s| &s.read_us), 0.99), "p999": pct(s.map(|s| &s.read_us), 0.999), "max": s.map(|s| s.read_us.max())},
-                    "write_lat_us": {"p50": pct(s.map(|s| &s.write_us), 0.5), "p99": pct(s.map(|s| &s.write_us), 0.99), "p999": pct(s.map(|s| &s.write_us), 0.999), "max": s.map(|s| s.write_us.max())},
+                    "read_lat_us": latency(s.map(|s| &s.read_us)),
+                    "write_lat_us": latency(s.map(|s| &s.write_us)),
                 }));
             }
         }
@@ -148,4 +145,11 @@ impl Daemon {
         }
         Ok(out)
     }
+}
+
+/// p50/p99/p99.9/max of a latency histogram (nulls when nothing was recorded).
+fn latency(h: Option<&hdrhistogram::Histogram<u64>>) -> Value {
+    let h = h.filter(|h| !h.is_empty());
+    let q = |q: f64| h.map(|h| h.value_at_quantile(q));
+    json!({"p50": q(0.5), "p99": q(0.99), "p999": q(0.999), "max": h.map(|h| h.max())})
 }
