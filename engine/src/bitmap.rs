@@ -96,6 +96,24 @@ impl Bitmap {
             .or_else(|| self.find_in(lo, from.saturating_add(n).min(hi), n))
     }
 
+    /// One past the highest set bit in `[lo, hi)`, or `lo` if none is set.
+    pub fn end_of_set(&self, lo: u32, hi: u32) -> u32 {
+        let mut w = (hi as usize).div_ceil(64);
+        while w > (lo / 64) as usize {
+            w -= 1;
+            let mut word = self.words[w];
+            let base = w as u32 * 64;
+            if base + 64 > hi {
+                word &= (1u64 << (hi - base)) - 1;
+            }
+            if word != 0 {
+                let top = base + 64 - word.leading_zeros();
+                return top.max(lo);
+            }
+        }
+        lo
+    }
+
     fn find_in(&self, lo: u32, hi: u32, n: u32) -> Option<u32> {
         if n == 0 || hi < lo || hi - lo < n {
             return None;
@@ -138,6 +156,10 @@ mod tests {
         assert_eq!(b.find_run(0, 300, 0, 5), Some(130));
         assert_eq!(b.find_run(0, 300, 0, 6), Some(136));
         assert_eq!(b.find_run(0, 300, 200, 10), Some(200));
+        assert_eq!(b.end_of_set(0, 300), 136);
+        assert_eq!(b.end_of_set(0, 135), 130);
+        assert_eq!(b.end_of_set(140, 300), 140);
+        assert_eq!(b.end_of_set(0, 64), 64);
         assert_eq!(b.find_run(0, 300, 295, 10), Some(136));
         assert_eq!(b.find_run(0, 140, 0, 10), None);
         assert_eq!(b.count_ones(), 131);

@@ -417,7 +417,11 @@ impl<D: BlockDev> Pool<D> {
         v.check_range(offset, data.len() as u64)?;
         for s in v.split(offset, data.len() as u64) {
             self.zone_for(v, s.chunk)
-                .write(v, s, &data[s.buf_off..s.buf_off + s.len])
+                .write(
+                    v,
+                    s,
+                    AlignedBuf::from_slice(&data[s.buf_off..s.buf_off + s.len]),
+                )
                 .await?;
         }
         Ok(())

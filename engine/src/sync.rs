@@ -2,8 +2,9 @@
 //! reader/writer lock. A zone's state is touched by one thread only, so these
 //! are plain cells plus wakers — no atomics, no OS locks.
 
+use foldhash::{HashMap, HashMapExt};
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::hash::Hash;
 use std::rc::Rc;

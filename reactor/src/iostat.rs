@@ -53,15 +53,21 @@ impl VolIo {
 }
 
 thread_local! {
-    static TABLE: RefCell<HashMap<(String, u32), VolIo>> = RefCell::new(HashMap::new());
+    /// pool name -> volume id -> counters. Nested so that counting a request
+    /// looks the pool up by `&str` and allocates nothing after the first one.
+    static TABLE: RefCell<foldhash::HashMap<String, foldhash::HashMap<u32, VolIo>>> =
+        RefCell::new(Default::default());
 }
 
 /// Count one finished request on the calling thread.
 pub fn record(pool: &str, vol: u32, kind: OpKind, bytes: u64, took: Duration, ok: bool) {
     TABLE.with(|t| {
         let mut t = t.borrow_mut();
-        let key = (pool.to_string(), vol);
-        let e = t.entry(key).or_insert_with(VolIo::new);
+        if !t.contains_key(pool) {
+            t.insert(pool.to_string(), Default::default());
+        }
+        let Some(vols) = t.get_mut(pool) else { return };
+        let e = vols.entry(vol).or_insert_with(VolIo::new);
         let i = kind as usize;
         e.ops[i] += 1;
         e.bytes[i] += bytes;
@@ -88,7 +94,10 @@ pub fn gather(reactors: &ReactorsHandle, n: usize) -> HashMap<(String, u32), Vol
         let part = reactors
             .call(r, || async { TABLE.with(|t| t.borrow().clone()) })
             .unwrap_or_default();
-        for (k, v) in part {
+        let flat = part
+            .into_iter()
+            .flat_map(|(p, vols)| vols.into_iter().map(move |(v, io)| ((p.clone(), v), io)));
+        for (k, v) in flat {
             match out.get_mut(&k) {
                 Some(e) => e.merge(&v),
                 None => {

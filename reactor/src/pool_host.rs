@@ -6,6 +6,7 @@
 
 use crate::reactor::{current, ReactorsHandle};
 use crate::uring_dev::UringDev;
+use foldhash::{HashMap, HashMapExt};
 use futures::future::join_all;
 use sluice_engine::format::{Catalog, Geometry, VolumeEntry, VOL_DELETING};
 use sluice_engine::volume::{ChunkSpan, VolInfo};
@@ -14,7 +15,6 @@ use sluice_engine::{
     AlignedBuf, Compression, Error, PoolMeta, Problem, Result, Zone, ZoneConfig, BLOCK_SIZE,
 };
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
@@ -431,15 +431,27 @@ impl PoolHost {
         join_all(futs).await.into_iter().collect()
     }
 
-    pub async fn write(&self, v: &VolInfo, offset: u64, data: &[u8]) -> Result<()> {
+    /// Write `data` at `offset`. A request within one chunk (every 4 KiB
+    /// write, and any write no larger than a chunk that does not cross one)
+    /// hands its buffer to the zone as it is; wider ones are cut into a
+    /// buffer per chunk, written in parallel.
+    pub async fn write(&self, v: &VolInfo, offset: u64, data: AlignedBuf) -> Result<()> {
         v.check_range(offset, data.len() as u64)?;
         let nz = self.geo.nzones;
+        let v = *v;
+        let mut spans = v.split(offset, data.len() as u64);
+        if let (Some(s), None) = (spans.next(), spans.next()) {
+            return self
+                .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
+                    z.write(&v, s, data).await
+                })
+                .await;
+        }
         let futs = v.split(offset, data.len() as u64).map(|s| {
-            let v = *v;
             let piece = AlignedBuf::from_slice(&data[s.buf_off..s.buf_off + s.len]);
             async move {
                 self.on_zone(v.zone_of(s.chunk, nz), move |z| async move {
-                    z.write(&v, s, &piece).await
+                    z.write(&v, s, piece).await
                 })
                 .await
             }
@@ -585,7 +597,7 @@ impl PoolHost {
 
     /// Scrub every zone (`deep` reads every chunk).
     pub fn check(&self, deep: bool) -> Result<Vec<Problem>> {
-        let vols: HashMap<u32, VolInfo> = self
+        let vols: std::collections::HashMap<u32, VolInfo> = self
             .catalog()
             .volumes
             .iter()

@@ -86,7 +86,7 @@ impl ExportBackend for VolumeBackend {
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), BackendError> {
         let t = Instant::now();
         let n = data.len() as u64;
-        let mut r = self.host.write(&self.vol, offset, &data).await;
+        let mut r = self.host.write(&self.vol, offset, data).await;
         if r.is_ok() && fua {
             r = self.host.flush().await;
         }

@@ -181,11 +181,14 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
                 if old == rec {
                     return Ok(Some(old));
                 }
+                let hold = self.leaf_keys_hold(&path, i, Some(&rec), Some(&old));
                 self.make_writable(&mut path).await?;
                 let s = &path[leaf];
                 L::<O>::write_rec(&mut s.node.borrow_mut(), i, &rec);
                 self.target.mark_dirty(s.blk);
-                self.fix_keys(&path, leaf);
+                if !hold {
+                    self.fix_keys(&path, leaf);
+                }
                 Ok(Some(old))
             }
             Err(pos) => {
@@ -206,6 +209,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
             })
             .count();
         let grow = splits == path.len();
+        let hold = splits == 0 && self.leaf_keys_hold(&path, pos, Some(&rec), None);
         if grow && path.len() >= MAX_LEVELS {
             return Err(Error::NoSpace(format!(
                 "{} tree is {MAX_LEVELS} levels tall",
@@ -239,7 +243,9 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
             if !full {
                 put(&mut s.node.borrow_mut(), pos, &item);
                 self.target.mark_dirty(s.blk);
-                self.fix_keys(&path, l);
+                if !hold {
+                    self.fix_keys(&path, l);
+                }
                 return Ok(());
             }
             let Some((rb, rn)) = spare.pop() else {
@@ -312,11 +318,12 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
             return Ok(None);
         };
         let old = L::<O>::rec(&path[leaf].node.borrow(), pos);
+        let hold = self.leaf_keys_hold(&path, pos, None, Some(&old));
         self.make_writable(&mut path).await?;
         let mut sibs = self.prepare_rebalance(&mut path).await?;
         L::<O>::remove_slot(&mut path[leaf].node.borrow_mut(), pos);
         self.target.mark_dirty(path[leaf].blk);
-        self.rebalance(&path, &mut sibs);
+        self.rebalance(&path, &mut sibs, hold);
         self.collapse_root(&path[0]);
         Ok(Some(old))
     }
@@ -370,13 +377,17 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
 
     /// Bottom-up after a removal: merge or even out underfull nodes with the
     /// siblings `prepare_rebalance` readied, then fix keys above.
-    fn rebalance(&self, path: &[Step], sibs: &mut [Option<Sibling>]) {
+    /// `leaf_hold`: the removal left the leaf's keys as its parent has them.
+    fn rebalance(&self, path: &[Step], sibs: &mut [Option<Sibling>], leaf_hold: bool) {
         for l in (1..path.len()).rev() {
             let (level, n) = {
                 let nb = path[l].node.borrow();
                 (nb.level(), nb.nrecs())
             };
             if n >= L::<O>::min_slots(level) {
+                if leaf_hold && l == path.len() - 1 {
+                    return;
+                }
                 return self.fix_keys(path, l);
             }
             let Some(sib) = sibs[l].take() else {
@@ -488,6 +499,30 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
 
     /// Propagate node `l`'s low/high keys into its ancestors until one
     /// already has them.
+    /// Whether putting `added` in at leaf slot `pos` and/or taking `removed`
+    /// out of it leaves the leaf's keys as its parent holds them, so the
+    /// O(records) recomputation in `fix_keys` can be skipped: the low key
+    /// changes only at slot 0, and an interval tree's high key only when
+    /// the record holding the maximum leaves or a higher one arrives.
+    fn leaf_keys_hold(
+        &self,
+        path: &[Step],
+        pos: usize,
+        added: Option<&O::Rec>,
+        removed: Option<&O::Rec>,
+    ) -> bool {
+        if pos == 0 || path.len() < 2 {
+            return false;
+        }
+        if !O::OVERLAPPING {
+            return true;
+        }
+        let p = &path[path.len() - 2];
+        let high = L::<O>::high(&p.node.borrow(), p.idx);
+        added.is_none_or(|r| O::high_key(r) <= high)
+            && removed.is_none_or(|r| O::high_key(r) < high)
+    }
+
     fn fix_keys(&self, path: &[Step], mut l: usize) {
         while l > 0 {
             let Some(keys) = L::<O>::node_keys(&path[l].node.borrow()) else {

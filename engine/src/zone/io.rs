@@ -62,7 +62,7 @@ impl<D: BlockDev> Zone<D> {
             let off = self.byte_off(e.pblk + first as u32);
             let (mut buf, r) = self
                 .dev
-                .read_at(AlignedBuf::zeroed((last - first) * BLOCK_SIZE), off)
+                .read_at(AlignedBuf::filled_later((last - first) * BLOCK_SIZE), off)
                 .await;
             r.map_err(|err| Error::io("read", off, err))?;
             let s = span.off - first * BLOCK_SIZE;
@@ -80,8 +80,10 @@ impl<D: BlockDev> Zone<D> {
         Ok(Some(chunk))
     }
 
-    /// Write `data` over `span` of a chunk (read-modify-write when partial).
-    pub async fn write(&self, vol: &VolInfo, span: ChunkSpan, data: &[u8]) -> Result<()> {
+    /// Write `data` (`span.len` bytes) over `span` of a chunk
+    /// (read-modify-write when partial). A whole chunk's buffer goes to the
+    /// device as it is: no copy.
+    pub async fn write(&self, vol: &VolInfo, span: ChunkSpan, data: AlignedBuf) -> Result<()> {
         self.check_ok()?;
         if vol.read_only {
             return Err(Error::ReadOnly(format!("volume {} is read-only", vol.id)));
@@ -89,7 +91,7 @@ impl<D: BlockDev> Zone<D> {
         let cs = vol.chunk_size();
         let _g = self.chunks.write((vol.id, span.chunk)).await;
         let chunk = if span.full(cs) {
-            AlignedBuf::from_slice(data)
+            data
         } else {
             let mut c = match self.lookup(vol.id, span.chunk).await? {
                 Some(e) => {
@@ -98,7 +100,7 @@ impl<D: BlockDev> Zone<D> {
                 }
                 None => AlignedBuf::zeroed(cs),
             };
-            c[span.off..span.off + span.len].copy_from_slice(data);
+            c[span.off..span.off + span.len].copy_from_slice(&data);
             c
         };
         self.store(vol, span.chunk, chunk).await
@@ -189,10 +191,16 @@ impl<D: BlockDev> Zone<D> {
             {
                 let mut st = self.st.borrow_mut();
                 let (lo, hi) = (self.geo.data_start, self.geo.zone_blocks);
-                let from = st.cursor;
-                if let Some(p) = st.alloc.find_run(lo, hi, from, n) {
+                // Next fit below the high-water mark, else grow it.
+                let (from, hwm) = (st.cursor, st.hwm.max(lo));
+                let found = st
+                    .alloc
+                    .find_run(lo, hwm, from, n)
+                    .or_else(|| st.alloc.find_run(lo, hi, hwm, n));
+                if let Some(p) = found {
                     st.alloc.set_range(p, n);
                     st.cursor = p + n;
+                    st.hwm = st.hwm.max(p + n);
                     return Ok(p);
                 }
                 if attempt == 1 || st.busy.is_empty() {
@@ -238,7 +246,7 @@ impl<D: BlockDev> Zone<D> {
         let off = self.byte_off(e.pblk);
         let (buf, r) = self
             .dev
-            .read_at(AlignedBuf::zeroed(e.nblk as usize * BLOCK_SIZE), off)
+            .read_at(AlignedBuf::filled_later(e.nblk as usize * BLOCK_SIZE), off)
             .await;
         r.map_err(|err| Error::io("read", off, err))?;
         let stored = &buf[..e.stored_len as usize];

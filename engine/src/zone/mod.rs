@@ -80,6 +80,12 @@ pub(crate) struct State {
     committed: Bitmap,
     busy: VecDeque<Busy>,
     cursor: u32,
+    /// One past the highest data block handed out since open. The allocator
+    /// prefers blocks below it, so a pool on a sparse file only grows into
+    /// new file extents when its live data (plus busy blocks) grows: random
+    /// overwrites then land on file blocks already written, which the file
+    /// system serves without allocation or an exclusive inode lock.
+    hwm: u32,
     next_seq: u64,
     durable_seq: u64,
     log_epoch: u64,
@@ -121,6 +127,11 @@ impl<D: BlockDev> Zone<D> {
 
     pub fn stats(&self) -> ZoneStats {
         self.st.borrow().stats.clone()
+    }
+
+    /// One past the highest data block allocated since open (see `State::hwm`).
+    pub fn high_water(&self) -> u32 {
+        self.st.borrow().hwm
     }
 
     /// Data blocks free for allocation now (busy blocks excluded).

@@ -54,6 +54,7 @@ impl<D: BlockDev> Zone<D> {
         counters: ZoneCounters,
     ) -> State {
         State {
+            hwm: committed.end_of_set(geo.data_start, geo.zone_blocks),
             alloc: committed.clone(),
             committed,
             busy: VecDeque::new(),
