@@ -33,7 +33,7 @@ unsafe impl Sync for AlignedBuf {}
 const MAX_CLASS_SHIFT: u32 = 20;
 const NCLASS: usize = (MAX_CLASS_SHIFT - 12 + 1) as usize;
 /// Bytes each thread keeps per size class.
-pub const RECYCLE_BYTES: usize = 4 << 20;
+pub const RECYCLE_BYTES: usize = 2 << 20;
 
 /// Size class of a capacity, if it is a recycled one.
 fn class_of(cap: usize) -> Option<usize> {

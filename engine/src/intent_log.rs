@@ -6,6 +6,9 @@
 //! `log_start + lsn % log_blocks`. A block is valid only with the right magic,
 //! crc, zone, epoch and LSN, so a stale block from before a crash (older
 //! epoch) or from the previous lap of the ring (older LSN) is never replayed.
+//! The crc is seeded with the pool's UUID: a file re-formatted as a new pool
+//! starts again at the same epoch and LSN, and the old pool's log blocks
+//! must not pass for the new one's.
 //! A block that was ever made durable is never rewritten.
 
 use crate::buf::BLOCK_SIZE;
@@ -144,8 +147,17 @@ pub struct LogBlockHeader {
     pub first_seq: u64,
 }
 
-/// Build a log block from already-encoded records (`payload` <= 4056 bytes).
-pub fn encode_block(h: &LogBlockHeader, payload: &[u8], out: &mut [u8]) {
+/// crc of a log block (crc field as zeros), seeded with the pool UUID.
+fn block_crc(pool: &[u8; 16], b: &[u8]) -> u32 {
+    let c = crc32c::crc32c(pool);
+    let c = crc32c::crc32c_append(c, &b[..36]);
+    let c = crc32c::crc32c_append(c, &[0u8; 4]);
+    crc32c::crc32c_append(c, &b[40..BLOCK_SIZE])
+}
+
+/// Build a log block from already-encoded records (`payload` <= 4056 bytes)
+/// for the pool with UUID `pool`.
+pub fn encode_block(pool: &[u8; 16], h: &LogBlockHeader, payload: &[u8], out: &mut [u8]) {
     debug_assert!(payload.len() <= BLOCK_SIZE - LOG_HDR);
     out[..BLOCK_SIZE].fill(0);
     put_u32(out, 0, LOG_MAGIC);
@@ -156,7 +168,7 @@ pub fn encode_block(h: &LogBlockHeader, payload: &[u8], out: &mut [u8]) {
     put_u16(out, 26, payload.len() as u16);
     put_u64(out, 28, h.first_seq);
     out[LOG_HDR..LOG_HDR + payload.len()].copy_from_slice(payload);
-    let crc = crc_with_hole(&out[..BLOCK_SIZE], 36);
+    let crc = block_crc(pool, out);
     put_u32(out, 36, crc);
 }
 
@@ -174,10 +186,17 @@ pub enum BlockRead {
 /// A block that fails its checksum or carries another LSN/epoch marks the end
 /// of the log (the normal way a log ends after a crash). A block whose
 /// checksum holds but whose records do not decode is corruption.
-pub fn decode_block(b: &[u8], block: u64, zone: u32, epoch: u64, lsn: u64) -> Result<BlockRead> {
+pub fn decode_block(
+    pool: &[u8; 16],
+    b: &[u8],
+    block: u64,
+    zone: u32,
+    epoch: u64,
+    lsn: u64,
+) -> Result<BlockRead> {
     if b.len() < BLOCK_SIZE
         || get_u32(b, 0) != LOG_MAGIC
-        || get_u32(b, 36) != crc_with_hole(&b[..BLOCK_SIZE], 36)
+        || get_u32(b, 36) != block_crc(pool, b)
         || get_u32(b, 4) != zone
         || get_u64(b, 8) != epoch
         || get_u64(b, 16) != lsn
@@ -229,6 +248,8 @@ pub fn decode_block(b: &[u8], block: u64, zone: u32, epoch: u64, lsn: u64) -> Re
 mod tests {
     use super::*;
 
+    const P: [u8; 16] = [9; 16];
+
     fn recs() -> Vec<Record> {
         vec![
             Record::Map {
@@ -262,8 +283,8 @@ mod tests {
             first_seq: 10,
         };
         let mut b = vec![0u8; BLOCK_SIZE];
-        encode_block(&h, &payload, &mut b);
-        match decode_block(&b, 1000, 2, 5, 77).unwrap() {
+        encode_block(&P, &h, &payload, &mut b);
+        match decode_block(&P, &b, 1000, 2, 5, 77).unwrap() {
             BlockRead::Valid(_, got) => {
                 let want: Vec<_> = recs()
                     .into_iter()
@@ -276,17 +297,17 @@ mod tests {
         }
         // stale epoch, wrong lsn, torn: all mark the end
         assert!(matches!(
-            decode_block(&b, 1000, 2, 6, 77).unwrap(),
+            decode_block(&P, &b, 1000, 2, 6, 77).unwrap(),
             BlockRead::End
         ));
         assert!(matches!(
-            decode_block(&b, 1000, 2, 5, 78).unwrap(),
+            decode_block(&P, &b, 1000, 2, 5, 78).unwrap(),
             BlockRead::End
         ));
         let mut t = b.clone();
         t[60] ^= 1;
         assert!(matches!(
-            decode_block(&t, 1000, 2, 5, 77).unwrap(),
+            decode_block(&P, &t, 1000, 2, 5, 77).unwrap(),
             BlockRead::End
         ));
     }
@@ -303,9 +324,9 @@ mod tests {
             put_u64(&mut b, 8, 1);
             put_u64(&mut b, 16, 1);
             put_u16(&mut b, 26, rng.gen_range(0..5000));
-            let crc = crc_with_hole(&b, 36);
+            let crc = block_crc(&P, &b);
             put_u32(&mut b, 36, crc);
-            let _ = decode_block(&b, 0, 1, 1, 1);
+            let _ = decode_block(&P, &b, 0, 1, 1, 1);
             let _ = Record::decode(&b[rng.gen_range(0..4000)..], 0);
         }
     }

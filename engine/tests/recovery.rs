@@ -373,3 +373,41 @@ fn io_errors_are_reported_not_panics() {
     let e = block_on(pool.write(&v, 16384, &data(4, 16384))).unwrap_err();
     assert!(matches!(e, Error::Shutdown { .. }), "{e}");
 }
+
+#[test]
+fn reformatted_device_does_not_replay_the_old_pools_log() {
+    let dev = Rc::new(MemDev::new(8 << 20));
+    let o = opts();
+    // Pool A leaves a log behind (no close: nothing checkpointed away; short
+    // enough not to wrap, so its blocks sit at the LSNs B will use next).
+    let a = block_on(Pool::format_with_uuid(dev.clone(), &o, [0xA; 16])).unwrap();
+    let va = block_on(a.create_volume("a", 1 << 20, 4096, Compression::None)).unwrap();
+    for i in 0..12u64 {
+        block_on(a.write(&va, i * 4096, &data(i as u8 | 1, 4096))).unwrap();
+        block_on(a.flush()).unwrap();
+    }
+    drop(a);
+    // Pool B on the same device: same geometry, so its log starts at the same
+    // epoch and LSN as A's did.
+    let b = block_on(Pool::format_with_uuid(dev.clone(), &o, [0xB; 16])).unwrap();
+    let vb = block_on(b.create_volume("b", 1 << 20, 4096, Compression::None)).unwrap();
+    block_on(b.write(&vb, 0, &data(0x5B, 4096))).unwrap();
+    block_on(b.flush()).unwrap();
+    drop(b); // crash: B's open must replay B's one record and nothing of A's
+    for round in 0..2 {
+        let b =
+            block_on(Pool::open(dev.clone(), &o)).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(b.volume("a").is_err());
+        let vb = b.volume("b").unwrap();
+        let mut buf = vec![0u8; 8192];
+        block_on(b.read(&vb, 0, &mut buf)).unwrap();
+        assert_eq!(&buf[..4096], &data(0x5B, 4096)[..]);
+        assert!(
+            buf[4096..].iter().all(|&x| x == 0),
+            "round {round}: A's data showed up in B"
+        );
+        let problems = block_on(b.check(true)).unwrap();
+        assert!(problems.is_empty(), "round {round}: {problems:#?}");
+        block_on(b.close()).unwrap();
+    }
+}

@@ -1,6 +1,9 @@
 //! sluice benchmarks: the pieces the benchmark binaries share.
 //!
 //! The binaries live in `src/bin/`:
+//! - `sluice-perf`: a bdevperf-style load generator: the engine on its
+//!   reactors, in-process, against a pool file or device (IOPS, latency
+//!   percentiles, CPU per I/O, data written per byte written, `verify`);
 //! - `engine-open`: opening a pool is cheap and its memory is bounded (open
 //!   time and resident memory for a pool holding many GiB, after a clean
 //!   close and after a crash);

@@ -237,7 +237,7 @@ impl<D: BlockDev> Zone<D> {
             };
             let o = blocks.len();
             blocks.resize(o + BLOCK_SIZE, 0);
-            encode_block(&h, payload, &mut blocks[o..]);
+            encode_block(&self.geo.uuid, &h, payload, &mut blocks[o..]);
             payload.clear();
             *lsn += 1;
         };

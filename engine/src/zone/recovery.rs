@@ -215,7 +215,7 @@ impl<D: BlockDev> Zone<D> {
             let (b, r) = self.dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), off).await;
             r.map_err(|e| Error::io("log read", off, e))?;
             let blk = off / BLOCK_SIZE as u64;
-            let recs = match decode_block(&b, blk, self.idx, sb.log_epoch, lsn)? {
+            let recs = match decode_block(&g.uuid, &b, blk, self.idx, sb.log_epoch, lsn)? {
                 BlockRead::End => break,
                 BlockRead::Valid(_, recs) => recs,
             };

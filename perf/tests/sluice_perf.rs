@@ -1,0 +1,80 @@
+//! `sluice-perf -w verify` as a hammer: random writes and reads through the
+//! reactors and the engine, every read compared with what was written, then
+//! everything read back; and the JSON report other scripts rely on.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-perf"))
+        .args(args)
+        .output()
+        .expect("run sluice-perf");
+    assert!(
+        out.status.success(),
+        "sluice-perf {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
+}
+
+#[test]
+fn verify_workload_reads_back_what_it_wrote() {
+    let dir =
+        std::path::Path::new("/var/tmp").join(format!("sluice-perf-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = dir.join("p.img");
+    let pool = pool.to_str().unwrap();
+    for (chunk, comp) in [("4K", "none"), ("64K", "lz4")] {
+        let v = run(&[
+            "--pool",
+            pool,
+            "--pool-size",
+            "1G",
+            "--zone-size",
+            "64M",
+            "--volume-size",
+            "128M",
+            "--chunk-size",
+            chunk,
+            "--compression",
+            comp,
+            "-w",
+            "verify",
+            "-t",
+            "2",
+            "--ramp",
+            "0",
+            "-q",
+            "8",
+            "--json",
+        ]);
+        let ver = &v["verify"];
+        assert!(
+            ver["reads_verified_during_run"].as_u64().unwrap() > 0,
+            "{v}"
+        );
+        let written = ver["offsets_written"].as_u64().unwrap();
+        assert!(written > 0, "{v}");
+        assert_eq!(ver["reads_verified_at_end"].as_u64(), Some(written), "{v}");
+    }
+    // Reopen the last pool and measure reads on it: the report's shape.
+    let r = run(&[
+        "--pool",
+        pool,
+        "--reuse",
+        "-w",
+        "randread",
+        "-t",
+        "1",
+        "--ramp",
+        "0",
+        "-q",
+        "4",
+        "--no-prefill",
+        "--json",
+    ]);
+    assert!(r["read"]["ios"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["read"]["lat_us"]["p99"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["cpu_s_per_million_ios"].as_f64().unwrap() > 0.0, "{r}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
