@@ -31,7 +31,13 @@ pub fn put_u64(b: &mut [u8], o: usize, v: u64) {
 
 /// crc32c of `b` with the 4 bytes at `crc_off` taken as zero.
 pub fn crc_with_hole(b: &[u8], crc_off: usize) -> u32 {
-    let c = crc32c::crc32c(&b[..crc_off]);
+    crc_with_hole_from(0, b, crc_off)
+}
+
+/// [`crc_with_hole`] continuing from `seed` (the crc32c of bytes that
+/// logically precede `b`, such as an identity the block must belong to).
+pub fn crc_with_hole_from(seed: u32, b: &[u8], crc_off: usize) -> u32 {
+    let c = crc32c::crc32c_append(seed, &b[..crc_off]);
     let c = crc32c::crc32c_append(c, &[0u8; 4]);
     crc32c::crc32c_append(c, &b[crc_off + 4..])
 }

@@ -149,10 +149,7 @@ pub struct LogBlockHeader {
 
 /// crc of a log block (crc field as zeros), seeded with the pool UUID.
 fn block_crc(pool: &[u8; 16], b: &[u8]) -> u32 {
-    let c = crc32c::crc32c(pool);
-    let c = crc32c::crc32c_append(c, &b[..36]);
-    let c = crc32c::crc32c_append(c, &[0u8; 4]);
-    crc32c::crc32c_append(c, &b[40..BLOCK_SIZE])
+    crc_with_hole_from(crc32c::crc32c(pool), &b[..BLOCK_SIZE], 36)
 }
 
 /// Build a log block from already-encoded records (`payload` <= 4056 bytes)

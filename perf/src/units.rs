@@ -47,6 +47,16 @@ pub fn fmt_bytes(b: u64) -> String {
     }
 }
 
+/// `4 KiB`, `1 GiB` for exact multiples; else like [`fmt_bytes`].
+pub fn fmt_size(b: u64) -> String {
+    for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if b >= 1 << shift && b.is_multiple_of(1 << shift) && b >> shift < 1024 {
+            return format!("{} {unit}", b >> shift);
+        }
+    }
+    fmt_bytes(b)
+}
+
 /// Throughput in MB/s (10^6 bytes per second).
 pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     if secs <= 0.0 {

@@ -19,7 +19,9 @@ pub use executor::{block_on, spawn_local, yield_now, Task};
 pub use msg::Msg;
 pub use net::{UringListener, UringStream};
 pub use pool_host::{PoolHost, PoolReport};
-pub use reactor::{current, current_handle, ReactorConfig, ReactorInfo, Reactors, ReactorsHandle};
+pub use reactor::{
+    allowed_cores, current, current_handle, ReactorConfig, ReactorInfo, Reactors, ReactorsHandle,
+};
 pub use ring::{sleep, RingConfig, RingStats, TaskRun};
 pub use runtime::IdlePolicy;
 pub use stats::ReactorStats;

@@ -153,6 +153,22 @@ fn ctx() -> Option<Rc<Ctx>> {
     CTX.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
+/// The cores this process may run on (its affinity mask), in order; the
+/// default core list for reactors. Falls back to 0..available_parallelism.
+pub fn allowed_cores() -> Vec<usize> {
+    let mask = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .ok()
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&i| set.is_set(i).unwrap_or(false))
+                .collect::<Vec<usize>>()
+        });
+    match mask {
+        Some(v) if !v.is_empty() => v,
+        _ => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
 /// Index, count and core of the reactor running the caller (None off a
 /// reactor thread).
 pub fn current() -> Option<ReactorInfo> {

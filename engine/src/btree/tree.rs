@@ -497,8 +497,6 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         Ok(())
     }
 
-    /// Propagate node `l`'s low/high keys into its ancestors until one
-    /// already has them.
     /// Whether putting `added` in at leaf slot `pos` and/or taking `removed`
     /// out of it leaves the leaf's keys as its parent holds them, so the
     /// O(records) recomputation in `fix_keys` can be skipped: the low key
@@ -523,6 +521,8 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
             && removed.is_none_or(|r| O::high_key(r) < high)
     }
 
+    /// Propagate node `l`'s low/high keys into its ancestors until one
+    /// already has them.
     fn fix_keys(&self, path: &[Step], mut l: usize) {
         while l > 0 {
             let Some(keys) = L::<O>::node_keys(&path[l].node.borrow()) else {

@@ -51,23 +51,6 @@ struct Args {
     cache_nodes: usize,
 }
 
-fn allowed_cores() -> Vec<usize> {
-    core_ids().unwrap_or_else(|| {
-        (0..std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1))
-            .collect()
-    })
-}
-
-fn core_ids() -> Option<Vec<usize>> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
-    let v: Vec<usize> = (0..nix::sched::CpuSet::count())
-        .filter(|&i| set.is_set(i).unwrap_or(false))
-        .collect();
-    (!v.is_empty()).then_some(v)
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     // Block the stop signals in every thread; one thread waits for them.
@@ -83,7 +66,10 @@ fn main() -> Result<()> {
         .rpc_socket
         .clone()
         .unwrap_or_else(|| data_dir.join("rpc.sock"));
-    let cores = args.cores.clone().unwrap_or_else(allowed_cores);
+    let cores = args
+        .cores
+        .clone()
+        .unwrap_or_else(sluice_reactor::allowed_cores);
     let reactors = Reactors::start(&cores, RingConfig::default()).context("start reactors")?;
     let opts = DaemonOptions {
         data_dir: data_dir.clone(),
