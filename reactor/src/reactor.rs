@@ -9,8 +9,9 @@
 //! The loop, per iteration:
 //! 1. retry messages this reactor could not deliver earlier (overflow);
 //! 2. run up to `msg_batch` messages from the inboxes (round-robin start);
-//! 3. run up to `task_budget` ready tasks;
-//! 4. one `submit` of every SQE those produced;
+//! 3. run up to `task_budget` ready tasks, submitting early only when the
+//!    device would run dry (`submit_batch`, [`crate::ring::Ring::submit_early`]);
+//! 4. one `submit` of every SQE still queued;
 //! 5. reap CQEs, waking their tasks (they run next iteration).
 //!
 //! An iteration that did nothing counts as idle; see
@@ -52,6 +53,10 @@ pub struct ReactorConfig {
     pub msg_batch: usize,
     /// Task polls per loop iteration at most.
     pub task_budget: usize,
+    /// Submit mid-iteration once this many SQEs are queued (or as soon as
+    /// the queued ones are as many as the kernel holds). See
+    /// [`crate::ring::Ring::submit_early`].
+    pub submit_batch: usize,
     /// Idle back-off.
     pub idle: IdlePolicy,
     /// Pin each thread to its core.
@@ -68,6 +73,7 @@ impl Default for ReactorConfig {
             inbox_capacity: 4096,
             msg_batch: 256,
             task_budget: 256,
+            submit_batch: crate::runtime::DEFAULT_SUBMIT_BATCH,
             idle: IdlePolicy::default(),
             pin: true,
             stop_grace: Duration::from_millis(100),
@@ -594,7 +600,7 @@ fn reactor_main(
         }
         let m = drain_inboxes(me, start, cfg.msg_batch);
         start = (start + 1) % k;
-        let (t, s, c) = rt.turn(cfg.task_budget);
+        let (t, s, c) = rt.turn(cfg.task_budget, cfg.submit_batch);
         work += m + t + s + c;
         st.msgs += m as u64;
         st.tasks_polled += t as u64;
@@ -629,7 +635,7 @@ fn reactor_main(
             ctx.flush_overflow();
         }
         let m = drain_inboxes(me, 0, usize::MAX);
-        let (t, _s, c) = rt.turn(cfg.task_budget);
+        let (t, _s, c) = rt.turn(cfg.task_budget, cfg.submit_batch);
         st.msgs += m as u64;
         st.tasks_polled += t as u64;
         if m + t + c == 0 && me.inboxes_empty() && !rt.exec.has_ready() {
