@@ -415,14 +415,14 @@ impl<D: BlockDev> Pool<D> {
 
     pub async fn write(&self, v: &VolInfo, offset: u64, data: &[u8]) -> Result<()> {
         v.check_range(offset, data.len() as u64)?;
-        for s in v.split(offset, data.len() as u64) {
-            self.zone_for(v, s.chunk)
-                .write(
-                    v,
-                    s,
-                    AlignedBuf::from_slice(&data[s.buf_off..s.buf_off + s.len]),
-                )
-                .await?;
+        for p in v.write_pieces(offset, data.len(), self.zones.len() as u32) {
+            let piece = AlignedBuf::from_slice(&data[p.span.buf_off..p.span.buf_off + p.len]);
+            let z = self.zone_for(v, p.span.chunk);
+            if p.run {
+                z.write_run(v, p.span.chunk, piece).await?;
+            } else {
+                z.write(v, p.span, piece).await?;
+            }
         }
         Ok(())
     }

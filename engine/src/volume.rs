@@ -81,6 +81,55 @@ impl VolInfo {
     }
 }
 
+/// Longest run of whole chunks written as one device write (a chunk is at
+/// most this long too): stripes are this long, so a run rarely needs more.
+pub const MAX_RUN_BYTES: usize = STRIPE_BYTES as usize;
+
+/// One zone's share of a write: a run of whole consecutive chunks
+/// (`run`), or one partial chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WritePiece {
+    pub zone: u32,
+    /// The first chunk's span (for a run, its `chunk` and `buf_off`).
+    pub span: ChunkSpan,
+    /// Bytes of the request buffer it covers.
+    pub len: usize,
+    pub run: bool,
+}
+
+impl VolInfo {
+    /// Cut a write into runs of consecutive whole chunks homed in one zone
+    /// (at most [`MAX_RUN_BYTES`], or one chunk if chunks are longer) and
+    /// single partial chunks, in request order.
+    pub fn write_pieces(&self, offset: u64, len: usize, nzones: u32) -> Vec<WritePiece> {
+        let cs = self.chunk_size();
+        let max_run = MAX_RUN_BYTES.max(cs);
+        let mut out: Vec<WritePiece> = Vec::new();
+        for s in self.split(offset, len as u64) {
+            let zone = self.zone_of(s.chunk, nzones);
+            let full = s.full(cs);
+            if let Some(last) = out.last_mut() {
+                if full
+                    && last.run
+                    && last.zone == zone
+                    && last.span.chunk + (last.len / cs) as u64 == s.chunk
+                    && last.len + cs <= max_run
+                {
+                    last.len += cs;
+                    continue;
+                }
+            }
+            out.push(WritePiece {
+                zone,
+                span: s,
+                len: s.len,
+                run: full,
+            });
+        }
+        out
+    }
+}
+
 /// One chunk's share of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkSpan {
@@ -151,6 +200,38 @@ mod tests {
             size: 1 << 30,
             read_only: false,
         }
+    }
+
+    #[test]
+    fn write_pieces_group_whole_chunks_per_zone() {
+        let v = vol(12); // 4 KiB chunks, 256 per 1 MiB stripe
+        let nz = 4;
+        // 1 KiB into chunk 250 .. 3 KiB into chunk 262: a partial head,
+        // chunks 251..=255 (one stripe), 256..=261 (the next stripe, another
+        // zone), a partial tail.
+        let off = 250 * 4096 + 1024;
+        let len = 12 * 4096 + 2048;
+        let p = v.write_pieces(off, len, nz);
+        let got: Vec<_> = p.iter().map(|p| (p.span.chunk, p.len, p.run)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (250, 3072, false),
+                (251, 5 * 4096, true),
+                (256, 6 * 4096, true),
+                (262, 3072, false)
+            ]
+        );
+        assert_ne!(p[1].zone, p[2].zone);
+        assert_eq!(p.iter().map(|p| p.len).sum::<usize>(), len);
+        assert_eq!(p[2].span.buf_off, 3072 + 5 * 4096);
+        // One zone: runs still stop at MAX_RUN_BYTES.
+        let p = v.write_pieces(0, 3 * MAX_RUN_BYTES, 1);
+        assert_eq!(p.len(), 3);
+        assert!(p.iter().all(|p| p.run && p.len == MAX_RUN_BYTES));
+        // Chunks longer than a run: one chunk a piece.
+        let v = vol(20);
+        assert_eq!(v.write_pieces(0, 2 << 20, 1).len(), 2);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use futures::executor::block_on;
 use rand::{Rng, SeedableRng};
-use sluice_engine::dev::MemDev;
+use sluice_engine::dev::{MemDev, SimConfig, SimDev};
 use sluice_engine::{Compression, Pool, PoolOptions, ZoneConfig, BLOCK_SIZE};
 use std::rc::Rc;
 
@@ -65,4 +65,62 @@ fn overwrites_stay_below_the_high_water_mark() {
         touched - 1
     );
     assert!(block_on(pool.check(true)).unwrap().is_empty());
+}
+
+/// A wide write is stored as one run: one allocation, the chunks' extents
+/// back to back in request order, an all-zero chunk left a hole; and it
+/// reads back. (Before, each chunk was allocated and written on its own.)
+#[test]
+fn a_wide_write_is_one_run_of_blocks() {
+    for (cs, comp) in [(4096u64, Compression::None), (16384, Compression::Lz4)] {
+        let dev = Rc::new(SimDev::new(32 << 20, SimConfig::default()));
+        let opts = PoolOptions {
+            zone_size: 16 << 20,
+            zone: ZoneConfig::default(),
+        };
+        let pool = block_on(Pool::format(dev.clone(), &opts)).unwrap();
+        let nz = pool.geometry().nzones;
+        let v = block_on(pool.create_volume("v", 1 << 20, cs, comp)).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        // 32 chunks from chunk 2 on; chunk 7 all zeros; half of each other
+        // chunk random, half zeros (compresses to about half under LZ4).
+        let n = 32u64;
+        let mut data = vec![0u8; (n * cs) as usize];
+        for (i, c) in data.chunks_mut(cs as usize).enumerate() {
+            if i != 5 {
+                rng.fill(&mut c[..cs as usize / 2]);
+            }
+        }
+        let writes = dev.stats().writes;
+        block_on(pool.write(&v, 2 * cs, &data)).unwrap();
+        assert_eq!(dev.stats().writes - writes, 1, "{comp:?}: one device write");
+        let z = &pool.zones()[v.zone_of(2, nz) as usize];
+        let mut prev_end = None;
+        for i in 0..n {
+            let e = block_on(z.lookup(v.id, 2 + i)).unwrap();
+            if i == 5 {
+                assert!(e.is_none(), "{comp:?}: an all-zero chunk is a hole");
+                continue;
+            }
+            let e = e.expect("mapped");
+            if comp == Compression::Lz4 {
+                assert!(
+                    e.compressed() && (e.nblk as u64) < cs / 4096,
+                    "{comp:?}: {e:?}"
+                );
+            }
+            if let Some(end) = prev_end {
+                assert_eq!(
+                    e.pblk, end,
+                    "{comp:?}: chunk {i} is not right after the previous"
+                );
+            }
+            prev_end = Some(e.pblk + e.nblk as u32);
+        }
+        let mut back = vec![1u8; data.len()];
+        block_on(pool.read(&v, 2 * cs, &mut back)).unwrap();
+        assert!(back == data, "{comp:?}: read back differs");
+        block_on(pool.flush()).unwrap();
+        assert!(block_on(pool.check(true)).unwrap().is_empty());
+    }
 }

@@ -417,6 +417,17 @@ impl PoolHost {
     ) -> Result<Vec<(ChunkSpan, Option<AlignedBuf>)>> {
         v.check_range(offset, len as u64)?;
         let nz = self.geo.nzones;
+        let mut spans = v.split(offset, len as u64);
+        if let (Some(s), None) = (spans.next(), spans.next()) {
+            // One chunk (every 4 KiB read): no join.
+            let v = *v;
+            let data = self
+                .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
+                    z.read_span(&v, s).await
+                })
+                .await?;
+            return Ok(vec![(s, data)]);
+        }
         let futs = v.split(offset, len as u64).map(|s| {
             let v = *v;
             async move {
@@ -433,8 +444,10 @@ impl PoolHost {
 
     /// Write `data` at `offset`. A request within one chunk (every 4 KiB
     /// write, and any write no larger than a chunk that does not cross one)
-    /// hands its buffer to the zone as it is; wider ones are cut into a
-    /// buffer per chunk, written in parallel.
+    /// hands its buffer to the zone as it is. Wider ones go as runs of
+    /// whole chunks homed in one zone (one allocation and one device write
+    /// each, `Zone::write_run`) plus the partial chunks at either end, in
+    /// parallel; a request that is a single run keeps its buffer.
     pub async fn write(&self, v: &VolInfo, offset: u64, data: AlignedBuf) -> Result<()> {
         v.check_range(offset, data.len() as u64)?;
         let nz = self.geo.nzones;
@@ -447,11 +460,25 @@ impl PoolHost {
                 })
                 .await;
         }
-        let futs = v.split(offset, data.len() as u64).map(|s| {
-            let piece = AlignedBuf::from_slice(&data[s.buf_off..s.buf_off + s.len]);
+        let pieces = v.write_pieces(offset, data.len(), nz);
+        if let [p] = pieces[..] {
+            if p.run && p.len == data.len() {
+                return self
+                    .on_zone(p.zone, move |z| async move {
+                        z.write_run(&v, p.span.chunk, data).await
+                    })
+                    .await;
+            }
+        }
+        let futs = pieces.into_iter().map(|p| {
+            let piece = AlignedBuf::from_slice(&data[p.span.buf_off..p.span.buf_off + p.len]);
             async move {
-                self.on_zone(v.zone_of(s.chunk, nz), move |z| async move {
-                    z.write(&v, s, piece).await
+                self.on_zone(p.zone, move |z| async move {
+                    if p.run {
+                        z.write_run(&v, p.span.chunk, piece).await
+                    } else {
+                        z.write(&v, p.span, piece).await
+                    }
                 })
                 .await
             }

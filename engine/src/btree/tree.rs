@@ -210,6 +210,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
             .count();
         let grow = splits == path.len();
         let hold = splits == 0 && self.leaf_keys_hold(&path, pos, Some(&rec), None);
+        let added_high = O::high_key(&rec);
         if grow && path.len() >= MAX_LEVELS {
             return Err(Error::NoSpace(format!(
                 "{} tree is {MAX_LEVELS} levels tall",
@@ -244,7 +245,12 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
                 put(&mut s.node.borrow_mut(), pos, &item);
                 self.target.mark_dirty(s.blk);
                 if !hold {
-                    self.fix_keys(&path, l);
+                    if l == path.len() - 1 {
+                        // Only a record came in: no rescan of the nodes.
+                        self.fix_keys_added(&path, l, &added_high);
+                    } else {
+                        self.fix_keys(&path, l);
+                    }
                 }
                 return Ok(());
             }
@@ -519,6 +525,41 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         let high = L::<O>::high(&p.node.borrow(), p.idx);
         added.is_none_or(|r| O::high_key(r) <= high)
             && removed.is_none_or(|r| O::high_key(r) < high)
+    }
+
+    /// [`Self::fix_keys`] after records were only added to node `l` (the
+    /// highest of them ending at `added_high`), with no removal: a node's
+    /// new high key is then the larger of the one its parent holds and
+    /// `added_high`, so nothing is rescanned. Appending to an interval tree
+    /// (the rmap as data is written) otherwise rescans the rightmost node
+    /// at every level on every insert (21 % of CPU for 128 KiB writes to
+    /// a 4 KiB-chunk volume).
+    fn fix_keys_added(&self, path: &[Step], mut l: usize, added_high: &O::Key) {
+        while l > 0 {
+            let low = {
+                let n = path[l].node.borrow();
+                if n.nrecs() == 0 {
+                    return;
+                }
+                L::<O>::key_at(&n, 0)
+            };
+            let p = &path[l - 1];
+            {
+                let mut pn = p.node.borrow_mut();
+                let same_low = L::<O>::key_at(&pn, p.idx) == low;
+                let high = if O::OVERLAPPING {
+                    L::<O>::high(&pn, p.idx).max(*added_high)
+                } else {
+                    low
+                };
+                if same_low && (!O::OVERLAPPING || L::<O>::high(&pn, p.idx) == high) {
+                    return;
+                }
+                L::<O>::set_keys(&mut pn, p.idx, &NodeKeys { low, high });
+            }
+            self.target.mark_dirty(p.blk);
+            l -= 1;
+        }
     }
 
     /// Propagate node `l`'s low/high keys into its ancestors until one
