@@ -124,3 +124,51 @@ fn a_wide_write_is_one_run_of_blocks() {
         assert!(block_on(pool.check(true)).unwrap().is_empty());
     }
 }
+
+/// A wide write into a zone fragmented below its high-water mark does not
+/// grow the mark while the free blocks below it could hold the data and
+/// already exceed the slack (1/32 of the zone): the chunks are stored one
+/// by one in the gaps, so the touched part of a thin pool file stays live
+/// data + busy blocks + that slack.
+#[test]
+fn wide_writes_into_a_fragmented_zone_stay_below_the_mark() {
+    let dev = Rc::new(MemDev::new(16 << 20));
+    let opts = PoolOptions {
+        zone_size: 8 << 20,
+        zone: ZoneConfig::default(),
+    };
+    let pool = block_on(Pool::format(dev, &opts)).unwrap();
+    let geo = pool.geometry().clone();
+    const CHUNKS: u64 = 128;
+    let v = block_on(pool.create_volume("v", CHUNKS * 4096, 4096, Compression::None)).unwrap();
+    let z = &pool.zones()[v.zone_of(0, geo.nzones) as usize];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut all = vec![0u8; (CHUNKS * 4096) as usize];
+    rng.fill(&mut all[..]);
+    block_on(pool.write(&v, 0, &all)).unwrap();
+    block_on(pool.flush()).unwrap();
+    // Free every other block: plenty free below the mark, no run of 2.
+    let mut block = vec![0u8; 4096];
+    for c in (0..CHUNKS).step_by(2) {
+        rng.fill(&mut block[..]);
+        block_on(pool.write(&v, c * 4096, &block)).unwrap();
+        all[(c * 4096) as usize..][..4096].copy_from_slice(&block);
+    }
+    block_on(pool.flush()).unwrap();
+    let mark = z.high_water();
+    let data_blocks = geo.zone_blocks - geo.data_start;
+    assert!(
+        CHUNKS as u32 / 2 > data_blocks / 32,
+        "free gaps must exceed the slack"
+    );
+    let mut wide = vec![0u8; 32 * 4096];
+    rng.fill(&mut wide[..]);
+    block_on(pool.write(&v, 8 * 4096, &wide)).unwrap();
+    all[8 * 4096..][..wide.len()].copy_from_slice(&wide);
+    assert_eq!(z.high_water(), mark, "the wide write grew the mark");
+    let mut back = vec![0u8; all.len()];
+    block_on(pool.read(&v, 0, &mut back)).unwrap();
+    assert!(back == all, "read back differs");
+    block_on(pool.flush()).unwrap();
+    assert!(block_on(pool.check(true)).unwrap().is_empty());
+}

@@ -18,6 +18,7 @@ use crate::error::{Error, Result, Structure};
 use crate::format::Compression;
 use crate::intent_log::{Extent, Record};
 use crate::volume::{ChunkSpan, VolInfo};
+use futures::future::join_all;
 
 impl<D: BlockDev> Zone<D> {
     /// Where (vol, chunk) is stored, if anywhere.
@@ -140,26 +141,7 @@ impl<D: BlockDev> Zone<D> {
             guards.push(self.chunks.write((vol.id, c)).await);
         }
         let (buf, pieces) = pack_run(vol.compression, cs, data);
-        let nblk = (buf.len() / BLOCK_SIZE) as u32;
-        let mut pblk = 0;
-        if nblk > 0 {
-            pblk = match self.alloc(nblk).await {
-                Ok(p) => p,
-                Err(Error::NoSpace(_)) => {
-                    return self.store_each(vol, first, cs, &buf, &pieces).await
-                }
-                Err(e) => return Err(e),
-            };
-            let off = self.byte_off(pblk);
-            let (_buf, r) = self.dev.write_at(buf, off).await;
-            if let Err(err) = r {
-                self.st.borrow_mut().alloc.clear_range(pblk, nblk);
-                return Err(Error::io("write", off, err));
-            }
-            let mut st = self.st.borrow_mut();
-            st.stats.data_blocks_written += nblk as u64;
-            st.stats.chunk_writes += pieces.iter().filter(|p| p.nblk > 0).count() as u64;
-        }
+        let at = self.place_run(buf, &pieces).await?;
         for (i, p) in pieces.iter().enumerate() {
             let chunk = first + i as u64;
             if p.nblk == 0 {
@@ -169,7 +151,7 @@ impl<D: BlockDev> Zone<D> {
                 continue;
             }
             let ext = Extent {
-                pblk: pblk + p.blk,
+                pblk: at[i],
                 nblk: p.nblk as u16,
                 flags: Extent::flags_for(p.compressed, vol.chunk_shift),
                 stored_len: p.stored_len as u32,
@@ -186,34 +168,84 @@ impl<D: BlockDev> Zone<D> {
         Ok(())
     }
 
-    /// [`Self::write_run`] without a run of free blocks: store the packed
-    /// chunks one by one (their locks are held by the caller).
-    async fn store_each(
-        &self,
-        vol: &VolInfo,
-        first: u64,
-        cs: usize,
-        buf: &AlignedBuf,
-        pieces: &[RunPiece],
-    ) -> Result<()> {
-        for (i, p) in pieces.iter().enumerate() {
-            let chunk = first + i as u64;
-            let data = if p.nblk == 0 {
-                AlignedBuf::zeroed(cs)
-            } else {
-                let at = p.blk as usize * BLOCK_SIZE;
-                let stored = &buf[at..at + p.stored_len];
-                if p.compressed {
-                    let mut out = AlignedBuf::zeroed(cs);
-                    compress::decode(stored, &mut out, 0)?;
-                    out
-                } else {
-                    AlignedBuf::from_slice(stored)
-                }
-            };
-            self.store(vol, chunk, data).await?;
+    /// Allocate and write the packed chunks of a run; returns each
+    /// piece's first block (0 for holes). One run of blocks when the zone
+    /// has one below its mark; else block by block (a zone fragmented by
+    /// random overwrites), the chunks that land next to each other written
+    /// together and all the writes issued at once.
+    async fn place_run(&self, buf: AlignedBuf, pieces: &[RunPiece]) -> Result<Vec<u32>> {
+        let nblk = (buf.len() / BLOCK_SIZE) as u32;
+        let mut at = Vec::with_capacity(pieces.len());
+        if nblk == 0 {
+            at.resize(pieces.len(), 0);
+            return Ok(at);
         }
-        Ok(())
+        // No flush to make room for the whole run: a fragmented zone may
+        // have none for a long while, and a log flush per write would cost
+        // far more than splitting it.
+        if let Some(p) = self.try_alloc(nblk, false) {
+            at.extend(pieces.iter().map(|pc| p + pc.blk));
+        } else {
+            for pc in pieces {
+                if pc.nblk == 0 {
+                    at.push(0);
+                    continue;
+                }
+                match self.alloc(pc.nblk).await {
+                    Ok(p) => at.push(p),
+                    Err(e) => {
+                        self.release_run(pieces, &at);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // Pieces are back to back in `buf`; merge those adjacent on disk.
+        let mut groups: Vec<(u32, usize, usize)> = Vec::new();
+        for (pc, &p) in pieces.iter().zip(&at).filter(|(pc, _)| pc.nblk > 0) {
+            let (from, to) = (
+                pc.blk as usize * BLOCK_SIZE,
+                (pc.blk + pc.nblk) as usize * BLOCK_SIZE,
+            );
+            if let Some(g) = groups.last_mut() {
+                if g.2 == from && g.0 + ((g.2 - g.1) / BLOCK_SIZE) as u32 == p {
+                    g.2 = to;
+                    continue;
+                }
+            }
+            groups.push((p, from, to));
+        }
+        let write = |p: u32, piece: AlignedBuf| {
+            let off = self.byte_off(p);
+            async move {
+                let (_b, r) = self.dev.write_at(piece, off).await;
+                r.map_err(|err| Error::io("write", off, err))
+            }
+        };
+        let r = if let [(p, _, _)] = groups[..] {
+            write(p, buf).await // the whole packed buffer, no copy
+        } else {
+            let writes = groups
+                .iter()
+                .map(|&(p, from, to)| write(p, AlignedBuf::from_slice(&buf[from..to])));
+            join_all(writes).await.into_iter().collect()
+        };
+        if let Err(e) = r {
+            self.release_run(pieces, &at);
+            return Err(e);
+        }
+        let mut st = self.st.borrow_mut();
+        st.stats.data_blocks_written += nblk as u64;
+        st.stats.chunk_writes += pieces.iter().filter(|p| p.nblk > 0).count() as u64;
+        Ok(at)
+    }
+
+    /// Give back the blocks `place_run` took for the first `at.len()` pieces.
+    fn release_run(&self, pieces: &[RunPiece], at: &[u32]) {
+        let mut st = self.st.borrow_mut();
+        for (pc, &p) in pieces.iter().zip(at).filter(|(pc, _)| pc.nblk > 0) {
+            st.release(p, pc.nblk);
+        }
     }
 
     /// Make `span` read as zeros; whole chunks become holes (TRIM and
@@ -274,7 +306,7 @@ impl<D: BlockDev> Zone<D> {
         let off = self.byte_off(pblk);
         let (_buf, r) = self.dev.write_at(buf, off).await;
         if let Err(err) = r {
-            self.st.borrow_mut().alloc.clear_range(pblk, nblk);
+            self.st.borrow_mut().release(pblk, nblk);
             return Err(Error::io("write", off, err));
         }
         self.st.borrow_mut().stats.data_blocks_written += nblk as u64;
@@ -298,24 +330,11 @@ impl<D: BlockDev> Zone<D> {
     /// are busy, make the log durable (which frees them) and try again.
     async fn alloc(&self, n: u32) -> Result<u32> {
         for attempt in 0..2 {
-            {
-                let mut st = self.st.borrow_mut();
-                let (lo, hi) = (self.geo.data_start, self.geo.zone_blocks);
-                // Next fit below the high-water mark, else grow it.
-                let (from, hwm) = (st.cursor, st.hwm.max(lo));
-                let found = st
-                    .alloc
-                    .find_run(lo, hwm, from, n)
-                    .or_else(|| st.alloc.find_run(lo, hi, hwm, n));
-                if let Some(p) = found {
-                    st.alloc.set_range(p, n);
-                    st.cursor = p + n;
-                    st.hwm = st.hwm.max(p + n);
-                    return Ok(p);
-                }
-                if attempt == 1 || st.busy.is_empty() {
-                    break;
-                }
+            if let Some(p) = self.try_alloc(n, true) {
+                return Ok(p);
+            }
+            if attempt == 1 || self.st.borrow().busy.is_empty() {
+                break;
             }
             self.flush().await?;
         }
@@ -325,6 +344,38 @@ impl<D: BlockDev> Zone<D> {
             n,
             self.free_data_blocks()
         )))
+    }
+
+    /// Reserve `n` contiguous free data blocks if there are: next fit below
+    /// the high-water mark, else grow the mark (always if `grow_any`).
+    fn try_alloc(&self, n: u32, grow_any: bool) -> Option<u32> {
+        let mut st = self.st.borrow_mut();
+        let (lo, hi) = (self.geo.data_start, self.geo.zone_blocks);
+        let (from, hwm) = (st.cursor, st.hwm.max(lo));
+        let known_miss = st.run_miss.is_some_and(|(m, f)| n >= m && f == st.frees);
+        let below = if known_miss {
+            None
+        } else {
+            let b = st.alloc.find_run(lo, hwm, from, n);
+            if b.is_none() && n > 1 {
+                st.run_miss = Some((n, st.frees));
+            }
+            b
+        };
+        // A wide write may grow the mark past free blocks below it by at
+        // most RUN_SLACK of the zone (what is free below can then not
+        // exceed that); beyond, it is stored chunk by chunk in the gaps, so
+        // the touched part of a thin pool file stays live + busy + slack.
+        let free_below = hwm.saturating_sub(st.alloc.count_ones());
+        let slack = (hi - lo) / RUN_SLACK;
+        if below.is_none() && !grow_any && free_below >= n && free_below + n > slack {
+            return None;
+        }
+        let p = below.or_else(|| st.alloc.find_run(lo, hi, hwm, n))?;
+        st.alloc.set_range(p, n);
+        st.cursor = p + n;
+        st.hwm = st.hwm.max(p + n);
+        Some(p)
     }
 
     /// Sanity-check a forward-map extent before trusting it for I/O.
@@ -406,6 +457,11 @@ impl<D: BlockDev> Zone<D> {
         self.commit(Record::DeleteVolume { vol }).await
     }
 }
+
+/// A wide write may leave up to 1/RUN_SLACK of a zone's data blocks free
+/// below the high-water mark to stay one contiguous write (8 MiB of a
+/// 256 MiB zone).
+const RUN_SLACK: u32 = 32;
 
 /// Where one chunk of a run sits in the packed buffer (`nblk == 0`: a hole).
 struct RunPiece {

@@ -145,7 +145,7 @@ impl<D: BlockDev> Zone<D> {
                 nblk: n,
             });
         } else {
-            st.alloc.clear_range(e.pblk, n);
+            st.release(e.pblk, n);
         }
         st.counters.mapped_chunks -= 1;
         st.counters.logical_bytes -= e.chunk_size();
@@ -215,7 +215,7 @@ impl<D: BlockDev> Zone<D> {
             }
             let b = *b;
             st.busy.pop_front();
-            st.alloc.clear_range(b.pblk, b.nblk);
+            st.release(b.pblk, b.nblk);
         }
     }
 

@@ -86,6 +86,12 @@ pub(crate) struct State {
     /// overwrites then land on file blocks already written, which the file
     /// system serves without allocation or an exclusive inode lock.
     hwm: u32,
+    /// Frees so far (any block given back to `alloc`): a failed run search
+    /// stays valid until this moves.
+    frees: u64,
+    /// `(n, frees)`: no run of `n` free blocks below `hwm` when `frees` was
+    /// this. Spares a fragmented zone a full bitmap scan per wide write.
+    run_miss: Option<(u32, u64)>,
     next_seq: u64,
     durable_seq: u64,
     log_epoch: u64,
@@ -96,6 +102,14 @@ pub(crate) struct State {
     counters: ZoneCounters,
     failed: Option<String>,
     stats: ZoneStats,
+}
+
+impl State {
+    /// Give blocks back to the allocator.
+    fn release(&mut self, pblk: u32, n: u32) {
+        self.alloc.clear_range(pblk, n);
+        self.frees += 1;
+    }
 }
 
 pub struct Zone<D: BlockDev> {

@@ -56,6 +56,8 @@ impl<D: BlockDev> Zone<D> {
         State {
             hwm: committed.end_of_set(geo.data_start, geo.zone_blocks),
             alloc: committed.clone(),
+            frees: 0,
+            run_miss: None,
             committed,
             busy: VecDeque::new(),
             cursor: geo.data_start,
