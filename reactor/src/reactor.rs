@@ -9,10 +9,9 @@
 //! The loop, per iteration:
 //! 1. retry messages this reactor could not deliver earlier (overflow);
 //! 2. run up to `msg_batch` messages from the inboxes (round-robin start);
-//! 3. run up to `task_budget` ready tasks, fewer when the SQEs they queued
-//!    should not wait for the rest (`submit_batch`,
-//!    [`crate::ring::Ring::submit_due`]);
-//! 4. one `submit` of every SQE queued;
+//! 3. run up to `task_budget` ready tasks, submitting early only when the
+//!    device would run dry (`submit_batch`, [`crate::ring::Ring::submit_early`]);
+//! 4. one `submit` of every SQE still queued;
 //! 5. reap CQEs, waking their tasks (they run next iteration).
 //!
 //! An iteration that did nothing counts as idle; see
@@ -54,9 +53,9 @@ pub struct ReactorConfig {
     pub msg_batch: usize,
     /// Task polls per loop iteration at most.
     pub task_budget: usize,
-    /// End the iteration (and submit) once this many SQEs are queued, or as
-    /// soon as the queued ones are as many as the kernel holds. See
-    /// [`crate::ring::Ring::submit_due`].
+    /// Submit mid-iteration once this many SQEs are queued (or as soon as
+    /// the queued ones are as many as the kernel holds). See
+    /// [`crate::ring::Ring::submit_early`].
     pub submit_batch: usize,
     /// Idle back-off.
     pub idle: IdlePolicy,

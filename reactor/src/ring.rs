@@ -369,10 +369,10 @@ impl Ring {
         inner.submit_inner(0, None)
     }
 
-    /// Whether to end the loop iteration and submit now because holding the
-    /// queued SQEs would starve the device: once `batch` are queued, or as
-    /// soon as the queued ones are at least as many as the kernel is
-    /// working on.
+    /// Submit before the end of the loop iteration when holding the queued
+    /// SQEs would starve the device: once `batch` are queued, or as soon as
+    /// the queued ones are at least as many as the kernel is working on.
+    /// Returns SQEs submitted.
     ///
     /// Why: a burst of completions wakes many tasks at once; if every SQE
     /// they queue waits for one submit after the last of them ran, the
@@ -381,12 +381,18 @@ impl Ring {
     /// fixes that but costs a syscall and a virtio doorbell (a VM exit)
     /// per few I/Os, which CPU-bound writes feel; the ratio rule keeps the
     /// kernel's share growing geometrically, so a burst of n costs about
-    /// log2(n) submits (and as many short loop iterations).
-    pub fn submit_due(&self, batch: usize) -> bool {
-        let inner = self.inner.borrow();
+    /// log2(n) submits.
+    pub fn submit_early(&self, batch: usize) -> usize {
+        let mut inner = self.inner.borrow_mut();
         let queued = inner.fresh + inner.backlog.len();
+        if queued == 0 {
+            return 0;
+        }
         let working = inner.user_inflight().saturating_sub(queued);
-        queued > 0 && (queued >= batch || queued >= working)
+        if queued < batch && queued < working {
+            return 0;
+        }
+        inner.submit_inner(0, None)
     }
 
     /// Block until at least one CQE is available or `timeout` passes,

@@ -214,20 +214,19 @@ impl LocalRuntime {
         })
     }
 
-    /// Run up to `task_budget` ready tasks — fewer when the device would
-    /// otherwise run dry (see [`Ring::submit_due`] and `submit_batch`) —
-    /// then submit once and reap once. Returns (tasks polled, SQEs
-    /// submitted, CQEs reaped).
+    /// Run up to `task_budget` ready tasks, submitting early when the device
+    /// would otherwise run dry (see [`Ring::submit_early`] and
+    /// `submit_batch`), then submit what is left and reap once. Returns
+    /// (tasks polled, SQEs submitted, CQEs reaped).
     #[inline]
     pub(crate) fn turn(&self, task_budget: usize, submit_batch: usize) -> (usize, usize, usize) {
         let mut t = 0;
+        let mut s = 0;
         while t < task_budget && self.exec.run_ready(1) == 1 {
             t += 1;
-            if self.ring.submit_due(submit_batch) {
-                break;
-            }
+            s += self.ring.submit_early(submit_batch);
         }
-        let s = self.ring.submit();
+        s += self.ring.submit();
         let c = self.ring.reap();
         (t, s, c)
     }
