@@ -25,12 +25,28 @@ pub fn scratch_for(chunk_size: usize) -> AlignedBuf {
     AlignedBuf::zeroed(lz4_flex::block::get_maximum_output_size(chunk_size))
 }
 
+/// Whether [`encode`] may compress chunks of `chunk_size` bytes (a single
+/// block cannot get smaller).
+pub fn may_compress(comp: Compression, chunk_size: usize) -> bool {
+    comp == Compression::Lz4 && chunk_size > BLOCK_SIZE
+}
+
+/// The scratch [`encode`] needs for chunks of `chunk_size` bytes: none
+/// (no allocation) when they are never compressed.
+pub fn scratch_for_chunks(comp: Compression, chunk_size: usize) -> AlignedBuf {
+    if may_compress(comp, chunk_size) {
+        scratch_for(chunk_size)
+    } else {
+        AlignedBuf::zeroed(0)
+    }
+}
+
 /// Decide how to store `data` (a whole chunk), compressing into `scratch`.
 pub fn encode(comp: Compression, data: &[u8], scratch: &mut AlignedBuf) -> Encoded {
     if is_zero(data) {
         return Encoded::Hole;
     }
-    if comp == Compression::None || data.len() <= BLOCK_SIZE {
+    if !may_compress(comp, data.len()) {
         return Encoded::Raw;
     }
     let cap = scratch.capacity();

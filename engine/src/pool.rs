@@ -417,12 +417,9 @@ impl<D: BlockDev> Pool<D> {
         v.check_range(offset, data.len() as u64)?;
         for p in v.write_pieces(offset, data.len(), self.zones.len() as u32) {
             let piece = AlignedBuf::from_slice(&data[p.span.buf_off..p.span.buf_off + p.len]);
-            let z = self.zone_for(v, p.span.chunk);
-            if p.run {
-                z.write_run(v, p.span.chunk, piece).await?;
-            } else {
-                z.write(v, p.span, piece).await?;
-            }
+            self.zone_for(v, p.span.chunk)
+                .write_piece(v, &p, piece)
+                .await?;
         }
         Ok(())
     }

@@ -8,13 +8,18 @@ use sluice_engine::dev::{MemDev, SimConfig, SimDev};
 use sluice_engine::{Compression, Pool, PoolOptions, ZoneConfig, BLOCK_SIZE};
 use std::rc::Rc;
 
+/// Pool options with zones of `zone_size` bytes.
+fn zones_of(zone_size: u64) -> PoolOptions {
+    PoolOptions {
+        zone_size,
+        zone: ZoneConfig::default(),
+    }
+}
+
 #[test]
 fn overwrites_stay_below_the_high_water_mark() {
     let dev = Rc::new(MemDev::new(16 << 20));
-    let opts = PoolOptions {
-        zone_size: 8 << 20,
-        zone: ZoneConfig::default(),
-    };
+    let opts = zones_of(8 << 20);
     let pool = block_on(Pool::format(dev.clone(), &opts)).unwrap();
     let geo = pool.geometry().clone();
     const CHUNKS: u64 = 64;
@@ -74,10 +79,7 @@ fn overwrites_stay_below_the_high_water_mark() {
 fn a_wide_write_is_one_run_of_blocks() {
     for (cs, comp) in [(4096u64, Compression::None), (16384, Compression::Lz4)] {
         let dev = Rc::new(SimDev::new(32 << 20, SimConfig::default()));
-        let opts = PoolOptions {
-            zone_size: 16 << 20,
-            zone: ZoneConfig::default(),
-        };
+        let opts = zones_of(16 << 20);
         let pool = block_on(Pool::format(dev.clone(), &opts)).unwrap();
         let nz = pool.geometry().nzones;
         let v = block_on(pool.create_volume("v", 1 << 20, cs, comp)).unwrap();
@@ -133,10 +135,7 @@ fn a_wide_write_is_one_run_of_blocks() {
 #[test]
 fn wide_writes_into_a_fragmented_zone_stay_below_the_mark() {
     let dev = Rc::new(MemDev::new(16 << 20));
-    let opts = PoolOptions {
-        zone_size: 8 << 20,
-        zone: ZoneConfig::default(),
-    };
+    let opts = zones_of(8 << 20);
     let pool = block_on(Pool::format(dev, &opts)).unwrap();
     let geo = pool.geometry().clone();
     const CHUNKS: u64 = 128;

@@ -9,7 +9,7 @@ use crate::uring_dev::UringDev;
 use foldhash::{HashMap, HashMapExt};
 use futures::future::join_all;
 use sluice_engine::format::{Catalog, Geometry, VolumeEntry, VOL_DELETING};
-use sluice_engine::volume::{ChunkSpan, VolInfo};
+use sluice_engine::volume::{ChunkSpan, VolInfo, WritePiece};
 use sluice_engine::zone::ZoneStats;
 use sluice_engine::{
     AlignedBuf, Compression, Error, PoolMeta, Problem, Result, Zone, ZoneConfig, BLOCK_SIZE,
@@ -461,27 +461,18 @@ impl PoolHost {
                 .await;
         }
         let pieces = v.write_pieces(offset, data.len(), nz);
+        let piece_on_zone = |p: WritePiece, piece: AlignedBuf| {
+            self.on_zone(p.zone, move |z| async move {
+                z.write_piece(&v, &p, piece).await
+            })
+        };
         if let [p] = pieces[..] {
-            if p.run && p.len == data.len() {
-                return self
-                    .on_zone(p.zone, move |z| async move {
-                        z.write_run(&v, p.span.chunk, data).await
-                    })
-                    .await;
-            }
+            // One run covering the request: its buffer as it is.
+            return piece_on_zone(p, data).await;
         }
         let futs = pieces.into_iter().map(|p| {
             let piece = AlignedBuf::from_slice(&data[p.span.buf_off..p.span.buf_off + p.len]);
-            async move {
-                self.on_zone(p.zone, move |z| async move {
-                    if p.run {
-                        z.write_run(&v, p.span.chunk, piece).await
-                    } else {
-                        z.write(&v, p.span, piece).await
-                    }
-                })
-                .await
-            }
+            piece_on_zone(p, piece)
         });
         join_all(futs).await.into_iter().collect()
     }

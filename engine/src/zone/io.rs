@@ -17,7 +17,7 @@ use crate::dev::BlockDev;
 use crate::error::{Error, Result, Structure};
 use crate::format::Compression;
 use crate::intent_log::{Extent, Record};
-use crate::volume::{ChunkSpan, VolInfo};
+use crate::volume::{ChunkSpan, VolInfo, WritePiece};
 use futures::future::join_all;
 
 impl<D: BlockDev> Zone<D> {
@@ -142,30 +142,22 @@ impl<D: BlockDev> Zone<D> {
         }
         let (buf, pieces) = pack_run(vol.compression, cs, data);
         let at = self.place_run(buf, &pieces).await?;
-        for (i, p) in pieces.iter().enumerate() {
-            let chunk = first + i as u64;
-            if p.nblk == 0 {
-                if self.lookup(vol.id, chunk).await?.is_some() {
-                    self.commit(Record::Unmap { vol: vol.id, chunk }).await?;
-                }
-                continue;
-            }
-            let ext = Extent {
-                pblk: at[i],
-                nblk: p.nblk as u16,
-                flags: Extent::flags_for(p.compressed, vol.chunk_shift),
-                stored_len: p.stored_len as u32,
-                crc: p.crc,
-            };
-            self.commit(Record::Map {
-                vol: vol.id,
-                chunk,
-                ext,
-            })
-            .await?;
+        for (i, (p, &pblk)) in pieces.iter().zip(&at).enumerate() {
+            let ext = p.extent(pblk, vol.chunk_shift);
+            self.commit_chunk(vol, first + i as u64, ext).await?;
         }
         drop(guards);
         Ok(())
+    }
+
+    /// Write one piece of a request cut by [`VolInfo::write_pieces`]: a run
+    /// of whole chunks, or one (partial) chunk.
+    pub async fn write_piece(&self, vol: &VolInfo, p: &WritePiece, data: AlignedBuf) -> Result<()> {
+        if p.run {
+            self.write_run(vol, p.span.chunk, data).await
+        } else {
+            self.write(vol, p.span, data).await
+        }
     }
 
     /// Allocate and write the packed chunks of a run; returns each
@@ -215,28 +207,19 @@ impl<D: BlockDev> Zone<D> {
             }
             groups.push((p, from, to));
         }
-        let write = |p: u32, piece: AlignedBuf| {
-            let off = self.byte_off(p);
-            async move {
-                let (_b, r) = self.dev.write_at(piece, off).await;
-                r.map_err(|err| Error::io("write", off, err))
-            }
-        };
         let r = if let [(p, _, _)] = groups[..] {
-            write(p, buf).await // the whole packed buffer, no copy
+            self.write_blocks(p, buf).await // the whole packed buffer, no copy
         } else {
             let writes = groups
                 .iter()
-                .map(|&(p, from, to)| write(p, AlignedBuf::from_slice(&buf[from..to])));
+                .map(|&(p, from, to)| self.write_blocks(p, AlignedBuf::from_slice(&buf[from..to])));
             join_all(writes).await.into_iter().collect()
         };
         if let Err(e) = r {
             self.release_run(pieces, &at);
             return Err(e);
         }
-        let mut st = self.st.borrow_mut();
-        st.stats.data_blocks_written += nblk as u64;
-        st.stats.chunk_writes += pieces.iter().filter(|p| p.nblk > 0).count() as u64;
+        self.count_written(pieces.iter().filter(|p| p.nblk > 0).count(), nblk);
         Ok(at)
     }
 
@@ -277,21 +260,10 @@ impl<D: BlockDev> Zone<D> {
     /// chunk's write lock.
     async fn store(&self, vol: &VolInfo, chunk: u64, data: AlignedBuf) -> Result<()> {
         let cs = data.len();
-        // Scratch for LZ4 only when the chunk can compress (saves an
-        // allocation per write on uncompressed and 4 KiB-chunk volumes).
-        let mut scratch = if vol.compression == Compression::Lz4 && cs > BLOCK_SIZE {
-            compress::scratch_for(cs)
-        } else {
-            AlignedBuf::zeroed(0)
-        };
+        let mut scratch = compress::scratch_for_chunks(vol.compression, cs);
         let (buf, stored_len, compressed) =
             match compress::encode(vol.compression, &data, &mut scratch) {
-                Encoded::Hole => {
-                    if self.lookup(vol.id, chunk).await?.is_some() {
-                        self.commit(Record::Unmap { vol: vol.id, chunk }).await?;
-                    }
-                    return Ok(());
-                }
+                Encoded::Hole => return self.commit_chunk(vol, chunk, None).await,
                 Encoded::Raw => (data, cs, false),
                 Encoded::Compressed { len } => {
                     let padded = len.div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
@@ -303,14 +275,11 @@ impl<D: BlockDev> Zone<D> {
         let nblk = (buf.len() / BLOCK_SIZE) as u32;
         let crc = crc32c::crc32c(&buf[..stored_len]);
         let pblk = self.alloc(nblk).await?;
-        let off = self.byte_off(pblk);
-        let (_buf, r) = self.dev.write_at(buf, off).await;
-        if let Err(err) = r {
+        if let Err(e) = self.write_blocks(pblk, buf).await {
             self.st.borrow_mut().release(pblk, nblk);
-            return Err(Error::io("write", off, err));
+            return Err(e);
         }
-        self.st.borrow_mut().stats.data_blocks_written += nblk as u64;
-        self.st.borrow_mut().stats.chunk_writes += 1;
+        self.count_written(1, nblk);
         let ext = Extent {
             pblk,
             nblk: nblk as u16,
@@ -318,12 +287,40 @@ impl<D: BlockDev> Zone<D> {
             stored_len: stored_len as u32,
             crc,
         };
-        self.commit(Record::Map {
-            vol: vol.id,
-            chunk,
-            ext,
-        })
-        .await
+        self.commit_chunk(vol, chunk, Some(ext)).await
+    }
+
+    /// Write `buf` at data block `pblk` (the caller owns the blocks and
+    /// gives them back on error).
+    async fn write_blocks(&self, pblk: u32, buf: AlignedBuf) -> Result<()> {
+        let off = self.byte_off(pblk);
+        let (_buf, r) = self.dev.write_at(buf, off).await;
+        r.map_err(|err| Error::io("write", off, err))
+    }
+
+    fn count_written(&self, chunks: usize, blocks: u32) {
+        let mut st = self.st.borrow_mut();
+        st.stats.data_blocks_written += blocks as u64;
+        st.stats.chunk_writes += chunks as u64;
+    }
+
+    /// Commit where a chunk now lives: `ext`, or nowhere (a hole: unmapped
+    /// if it was mapped). Caller holds the chunk's write lock.
+    async fn commit_chunk(&self, vol: &VolInfo, chunk: u64, ext: Option<Extent>) -> Result<()> {
+        match ext {
+            Some(ext) => {
+                let rec = Record::Map {
+                    vol: vol.id,
+                    chunk,
+                    ext,
+                };
+                self.commit(rec).await
+            }
+            None if self.lookup(vol.id, chunk).await?.is_some() => {
+                self.commit(Record::Unmap { vol: vol.id, chunk }).await
+            }
+            None => Ok(()),
+        }
     }
 
     /// Reserve `n` contiguous free data blocks. When none are free but some
@@ -472,6 +469,19 @@ struct RunPiece {
     crc: u32,
 }
 
+impl RunPiece {
+    /// The chunk's extent if it was stored at `pblk` (`None` for a hole).
+    fn extent(&self, pblk: u32, chunk_shift: u8) -> Option<Extent> {
+        (self.nblk > 0).then(|| Extent {
+            pblk,
+            nblk: self.nblk as u16,
+            flags: Extent::flags_for(self.compressed, chunk_shift),
+            stored_len: self.stored_len as u32,
+            crc: self.crc,
+        })
+    }
+}
+
 /// Encode the chunks of `data` back to back, each padded to whole blocks;
 /// all-zero chunks take no space. An uncompressed run without holes is
 /// `data` itself (no copy).
@@ -479,8 +489,7 @@ fn pack_run(comp: Compression, cs: usize, data: AlignedBuf) -> (AlignedBuf, Vec<
     let n = data.len() / cs;
     let cblk = (cs / BLOCK_SIZE) as u32;
     let mut pieces = Vec::with_capacity(n);
-    let lz4 = comp == Compression::Lz4 && cs > BLOCK_SIZE;
-    if !lz4 && !data.chunks_exact(cs).any(compress::is_zero) {
+    if !compress::may_compress(comp, cs) && !data.chunks_exact(cs).any(compress::is_zero) {
         for (i, d) in data.chunks_exact(cs).enumerate() {
             pieces.push(RunPiece {
                 blk: i as u32 * cblk,
@@ -496,34 +505,26 @@ fn pack_run(comp: Compression, cs: usize, data: AlignedBuf) -> (AlignedBuf, Vec<
     // buffer and what pays (saves a block) is copied over; the packed
     // buffer is then never longer than the data.
     let mut out = AlignedBuf::filled_later(n * cs);
-    let mut scratch = if lz4 {
-        compress::scratch_for(cs)
-    } else {
-        AlignedBuf::zeroed(0)
-    };
+    let mut scratch = compress::scratch_for_chunks(comp, cs);
     let mut pos = 0usize;
     for d in data.chunks_exact(cs) {
         let blk = (pos / BLOCK_SIZE) as u32;
-        if compress::is_zero(d) {
-            pieces.push(RunPiece {
-                blk,
-                nblk: 0,
-                stored_len: 0,
-                compressed: false,
-                crc: 0,
-            });
-            continue;
-        }
-        let packed = match compress::encode(comp, d, &mut scratch) {
-            Encoded::Compressed { len } if lz4 => Some(len),
-            _ => None,
-        };
-        let (stored_len, compressed) = match packed {
-            Some(len) => {
+        let (stored_len, compressed) = match compress::encode(comp, d, &mut scratch) {
+            Encoded::Hole => {
+                pieces.push(RunPiece {
+                    blk,
+                    nblk: 0,
+                    stored_len: 0,
+                    compressed: false,
+                    crc: 0,
+                });
+                continue;
+            }
+            Encoded::Compressed { len } => {
                 out[pos..pos + len].copy_from_slice(&scratch[..len]);
                 (len, true)
             }
-            None => {
+            Encoded::Raw => {
                 out[pos..pos + cs].copy_from_slice(d);
                 (cs, false)
             }
