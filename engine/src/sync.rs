@@ -28,6 +28,29 @@ impl LockState {
         !self.writer && self.readers == 0 && self.queue.is_empty()
     }
 
+    /// Take the lock at once if nobody holds it against us and nobody waits
+    /// (FIFO: a reader never passes a queued writer).
+    fn try_take(&mut self, write: bool) -> bool {
+        let ok = self.queue.is_empty() && !self.writer && (!write || self.readers == 0);
+        if ok {
+            if write {
+                self.writer = true;
+            } else {
+                self.readers += 1;
+            }
+        }
+        ok
+    }
+
+    fn unlock(&mut self, write: bool) {
+        if write {
+            self.writer = false;
+        } else {
+            self.readers -= 1;
+        }
+        self.grant();
+    }
+
     /// Grant the lock to waiters at the head of the queue, in order.
     fn grant(&mut self) {
         while let Some(w) = self.queue.front() {
@@ -58,6 +81,99 @@ impl LockState {
     }
 }
 
+/// Where a lock's state lives: one per key in a map (the keyed lock) or a
+/// single cell (the mutex). The acquire/release logic is written once over it.
+trait Slot {
+    type Key: Copy;
+    /// Run `f` on the state of `key`, created idle if missing.
+    fn with<R>(&self, key: Self::Key, f: impl FnOnce(&mut LockState) -> R) -> R;
+    /// Run `f` on the state of `key` if it exists; forget it once idle.
+    fn update(&self, key: Self::Key, f: impl FnOnce(&mut LockState));
+}
+
+/// Take the lock on `key`. Uncontended (the common case on the I/O path):
+/// no allocation and no waker. Contended: queue a waiter and sleep until
+/// [`LockState::grant`] hands the lock over.
+async fn acquire<S: Slot>(slot: &S, key: S::Key, write: bool) -> Held<'_, S> {
+    let granted = slot.with(key, |st| {
+        if st.try_take(write) {
+            return None;
+        }
+        let granted = Rc::new(Cell::new(false));
+        st.queue.push_back(Waiter {
+            write,
+            granted: granted.clone(),
+            waker: None,
+        });
+        Some(granted)
+    });
+    if let Some(granted) = granted {
+        let mut pending = Pending {
+            slot,
+            key,
+            granted: granted.clone(),
+            write,
+            done: false,
+        };
+        poll_fn(|cx| {
+            if granted.get() {
+                return Poll::Ready(());
+            }
+            slot.update(key, |st| {
+                for w in st.queue.iter_mut() {
+                    if Rc::ptr_eq(&w.granted, &granted) {
+                        w.waker = Some(cx.waker().clone());
+                    }
+                }
+            });
+            Poll::Pending
+        })
+        .await;
+        pending.done = true;
+    }
+    Held { slot, key, write }
+}
+
+/// A held lock; releases on drop.
+struct Held<'a, S: Slot> {
+    slot: &'a S,
+    key: S::Key,
+    write: bool,
+}
+
+impl<S: Slot> Drop for Held<'_, S> {
+    fn drop(&mut self) {
+        let write = self.write;
+        self.slot.update(self.key, |st| st.unlock(write));
+    }
+}
+
+/// Cleans up a waiter whose future was dropped before or after being granted.
+struct Pending<'a, S: Slot> {
+    slot: &'a S,
+    key: S::Key,
+    granted: Rc<Cell<bool>>,
+    write: bool,
+    done: bool,
+}
+
+impl<S: Slot> Drop for Pending<'_, S> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let (granted, write) = (&self.granted, self.write);
+        self.slot.update(self.key, |st| {
+            if granted.get() {
+                st.unlock(write);
+            } else {
+                st.queue.retain(|w| !Rc::ptr_eq(&w.granted, granted));
+                st.grant();
+            }
+        });
+    }
+}
+
 /// A reader/writer lock per key, FIFO-fair: a reader queued behind a writer
 /// waits for it, so reads of a chunk see every write submitted before them.
 pub struct KeyedRwLock<K: Hash + Eq + Copy> {
@@ -72,78 +188,15 @@ impl<K: Hash + Eq + Copy> Default for KeyedRwLock<K> {
     }
 }
 
-/// Held lock; releases on drop (also when the owning future is dropped).
-pub struct KeyGuard<'a, K: Hash + Eq + Copy> {
-    lock: &'a KeyedRwLock<K>,
-    key: K,
-    write: bool,
-}
-
-impl<K: Hash + Eq + Copy> KeyedRwLock<K> {
-    pub async fn read(&self, key: K) -> KeyGuard<'_, K> {
-        self.acquire(key, false).await
+impl<K: Hash + Eq + Copy> Slot for KeyedRwLock<K> {
+    type Key = K;
+    fn with<R>(&self, key: K, f: impl FnOnce(&mut LockState) -> R) -> R {
+        f(self.map.borrow_mut().entry(key).or_default())
     }
-
-    pub async fn write(&self, key: K) -> KeyGuard<'_, K> {
-        self.acquire(key, true).await
-    }
-
-    /// Whether anyone holds or waits for `key` (tests, diagnostics).
-    pub fn is_busy(&self, key: K) -> bool {
-        self.map.borrow().get(&key).is_some_and(|s| !s.idle())
-    }
-
-    async fn acquire(&self, key: K, write: bool) -> KeyGuard<'_, K> {
-        let granted = Rc::new(Cell::new(false));
-        {
-            let mut map = self.map.borrow_mut();
-            let st = map.entry(key).or_default();
-            st.queue.push_back(Waiter {
-                write,
-                granted: granted.clone(),
-                waker: None,
-            });
-            st.grant();
-        }
-        let mut guard = PendingGuard {
-            lock: self,
-            key,
-            granted: granted.clone(),
-            write,
-            done: false,
-        };
-        poll_fn(|cx| {
-            if granted.get() {
-                return Poll::Ready(());
-            }
-            let mut map = self.map.borrow_mut();
-            if let Some(st) = map.get_mut(&key) {
-                for w in st.queue.iter_mut() {
-                    if Rc::ptr_eq(&w.granted, &granted) {
-                        w.waker = Some(cx.waker().clone());
-                    }
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        guard.done = true;
-        KeyGuard {
-            lock: self,
-            key,
-            write,
-        }
-    }
-
-    fn release(&self, key: K, write: bool) {
+    fn update(&self, key: K, f: impl FnOnce(&mut LockState)) {
         let mut map = self.map.borrow_mut();
         if let Some(st) = map.get_mut(&key) {
-            if write {
-                st.writer = false;
-            } else {
-                st.readers -= 1;
-            }
-            st.grant();
+            f(st);
             if st.idle() {
                 map.remove(&key);
             }
@@ -151,56 +204,60 @@ impl<K: Hash + Eq + Copy> KeyedRwLock<K> {
     }
 }
 
-/// Cleans up a waiter whose future was dropped before or after being granted.
-struct PendingGuard<'a, K: Hash + Eq + Copy> {
-    lock: &'a KeyedRwLock<K>,
-    key: K,
-    granted: Rc<Cell<bool>>,
-    write: bool,
-    done: bool,
+/// Held lock on one key; releases on drop (also when the owning future is dropped).
+pub struct KeyGuard<'a, K: Hash + Eq + Copy> {
+    _held: Held<'a, KeyedRwLock<K>>,
 }
 
-impl<K: Hash + Eq + Copy> Drop for PendingGuard<'_, K> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        if self.granted.get() {
-            self.lock.release(self.key, self.write);
-            return;
-        }
-        let mut map = self.lock.map.borrow_mut();
-        if let Some(st) = map.get_mut(&self.key) {
-            st.queue.retain(|w| !Rc::ptr_eq(&w.granted, &self.granted));
-            st.grant();
-            if st.idle() {
-                map.remove(&self.key);
-            }
+impl<K: Hash + Eq + Copy> KeyedRwLock<K> {
+    pub async fn read(&self, key: K) -> KeyGuard<'_, K> {
+        KeyGuard {
+            _held: acquire(self, key, false).await,
         }
     }
-}
 
-impl<K: Hash + Eq + Copy> Drop for KeyGuard<'_, K> {
-    fn drop(&mut self) {
-        self.lock.release(self.key, self.write);
+    pub async fn write(&self, key: K) -> KeyGuard<'_, K> {
+        KeyGuard {
+            _held: acquire(self, key, true).await,
+        }
+    }
+
+    /// Whether anyone holds or waits for `key` (tests, diagnostics).
+    pub fn is_busy(&self, key: K) -> bool {
+        self.map.borrow().get(&key).is_some_and(|s| !s.idle())
     }
 }
 
 /// A FIFO async mutex for one thread.
 #[derive(Default)]
 pub struct LocalMutex {
-    inner: KeyedRwLock<()>,
+    state: RefCell<LockState>,
 }
 
-pub type LocalGuard<'a> = KeyGuard<'a, ()>;
+impl Slot for LocalMutex {
+    type Key = ();
+    fn with<R>(&self, _: (), f: impl FnOnce(&mut LockState) -> R) -> R {
+        f(&mut self.state.borrow_mut())
+    }
+    fn update(&self, _: (), f: impl FnOnce(&mut LockState)) {
+        f(&mut self.state.borrow_mut())
+    }
+}
+
+/// Held [`LocalMutex`]; releases on drop.
+pub struct LocalGuard<'a> {
+    _held: Held<'a, LocalMutex>,
+}
 
 impl LocalMutex {
     pub async fn lock(&self) -> LocalGuard<'_> {
-        self.inner.write(()).await
+        LocalGuard {
+            _held: acquire(self, (), true).await,
+        }
     }
 
     pub fn is_locked(&self) -> bool {
-        self.inner.is_busy(())
+        !self.state.borrow().idle()
     }
 }
 

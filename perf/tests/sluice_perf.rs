@@ -78,3 +78,44 @@ fn verify_workload_reads_back_what_it_wrote() {
     assert!(r["cpu_s_per_million_ios"].as_f64().unwrap() > 0.0, "{r}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The hot path allocates nothing per I/O: 4 KiB random reads and writes on
+/// an uncompressed 4 KiB-chunk volume, one reactor (no forwarding). Writes
+/// may allocate now and then (the intent log growing, a B+tree split, a
+/// checkpoint), so they get a small allowance; reads get none.
+#[test]
+fn four_kib_io_does_not_allocate() {
+    let dir =
+        std::path::Path::new("/var/tmp").join(format!("sluice-perf-alloc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = dir.join("p.img");
+    let pool = pool.to_str().unwrap();
+    let common = [
+        "--pool", pool, "--cores", "0", "-o", "4K", "-q", "16", "-t", "2", "--ramp", "1", "--json",
+    ];
+    let w = run(&[
+        &common[..],
+        &[
+            "--pool-size",
+            "512M",
+            "--zone-size",
+            "64M",
+            "--volume-size",
+            "64M",
+            "--chunk-size",
+            "4K",
+            "--compression",
+            "none",
+            "-w",
+            "randwrite",
+        ],
+    ]
+    .concat());
+    let r = run(&[&common[..], &["--reuse", "--prefill", "-w", "randread"]].concat());
+    for (v, max) in [(&w, 0.05), (&r, 0.001)] {
+        assert!(v["total"]["ios"].as_u64().unwrap() > 1000, "{v}");
+        let a = v["allocs_per_io"].as_f64().unwrap();
+        assert!(a <= max, "{} allocations per I/O (at most {max}): {v}", a);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,7 +18,7 @@ pub use error::{CallError, Error, SendError};
 pub use executor::{block_on, spawn_local, yield_now, Task};
 pub use msg::Msg;
 pub use net::{UringListener, UringStream};
-pub use pool_host::{PoolHost, PoolReport};
+pub use pool_host::{ChunkReads, PoolHost, PoolReport};
 pub use reactor::{
     allowed_cores, current, current_handle, ReactorConfig, ReactorInfo, Reactors, ReactorsHandle,
 };

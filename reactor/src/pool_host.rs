@@ -14,10 +14,15 @@ use sluice_engine::zone::ZoneStats;
 use sluice_engine::{
     AlignedBuf, Compression, Error, PoolMeta, Problem, Result, Zone, ZoneConfig, BLOCK_SIZE,
 };
+use smallvec::{smallvec, SmallVec};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
+
+/// What a read returns, chunk by chunk: `None` for a hole. Inline for one
+/// chunk (every 4 KiB read): no heap allocation.
+pub type ChunkReads = SmallVec<[(ChunkSpan, Option<AlignedBuf>); 1]>;
 
 /// What one reactor holds of one pool.
 struct LocalPool {
@@ -409,12 +414,7 @@ impl PoolHost {
     }
 
     /// Read `len` bytes: per chunk, `None` for holes. Chunks are read in parallel.
-    pub async fn read(
-        &self,
-        v: &VolInfo,
-        offset: u64,
-        len: u32,
-    ) -> Result<Vec<(ChunkSpan, Option<AlignedBuf>)>> {
+    pub async fn read(&self, v: &VolInfo, offset: u64, len: u32) -> Result<ChunkReads> {
         v.check_range(offset, len as u64)?;
         let nz = self.geo.nzones;
         let mut spans = v.split(offset, len as u64);
@@ -426,7 +426,7 @@ impl PoolHost {
                     z.read_span(&v, s).await
                 })
                 .await?;
-            return Ok(vec![(s, data)]);
+            return Ok(smallvec![(s, data)]);
         }
         let futs = v.split(offset, len as u64).map(|s| {
             let v = *v;

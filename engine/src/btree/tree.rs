@@ -18,6 +18,7 @@ use super::node::{Layout, NodeBuf, NodeKeys, MAX_LEVELS};
 use super::ops::BtreeOps;
 use super::target::{BufTarget, NodeRef};
 use crate::error::{Error, Result, Structure};
+use smallvec::SmallVec;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
@@ -38,6 +39,11 @@ pub struct Btree<O: BtreeOps, T: BufTarget> {
 }
 
 /// One node on a root-to-leaf path and the slot the path continues through.
+/// A root-to-leaf path. Inline up to 8 levels (a tree of 4 KiB nodes that
+/// tall holds far more records than a zone has blocks): no heap allocation
+/// per insert or remove.
+pub(super) type Path = SmallVec<[Step; 8]>;
+
 pub(super) struct Step {
     pub blk: u64,
     pub node: NodeRef,
@@ -130,10 +136,10 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
     }
 
     /// Root-to-leaf path choosing the child with `pick` at each interior node.
-    pub(super) async fn descend_with(&self, pick: impl Fn(&NodeBuf) -> usize) -> Result<Vec<Step>> {
+    pub(super) async fn descend_with(&self, pick: impl Fn(&NodeBuf) -> usize) -> Result<Path> {
         let mut level = self.root_level()?;
         let mut blk = self.root.blk;
-        let mut path = Vec::with_capacity(level as usize + 1);
+        let mut path = Path::new();
         loop {
             let node = self.read(blk, level).await?;
             if level == 0 {
@@ -151,7 +157,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         }
     }
 
-    pub(super) async fn descend(&self, key: &O::Key) -> Result<Vec<Step>> {
+    pub(super) async fn descend(&self, key: &O::Key) -> Result<Path> {
         self.descend_with(|n| L::<O>::child_index(n, key)).await
     }
 
@@ -198,7 +204,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         }
     }
 
-    async fn insert_new(&mut self, mut path: Vec<Step>, pos: usize, rec: O::Rec) -> Result<()> {
+    async fn insert_new(&mut self, mut path: Path, pos: usize, rec: O::Rec) -> Result<()> {
         // The leaf and every full ancestor directly above it split.
         let splits = path
             .iter()
@@ -333,8 +339,8 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
 
     /// Read and make writable the siblings that rebalancing after removing
     /// one record from the path's leaf will touch.
-    async fn prepare_rebalance(&self, path: &mut [Step]) -> Result<Vec<Option<Sibling>>> {
-        let mut sibs: Vec<Option<Sibling>> = path.iter().map(|_| None).collect();
+    async fn prepare_rebalance(&self, path: &mut [Step]) -> Result<SmallVec<[Option<Sibling>; 8]>> {
+        let mut sibs: SmallVec<[Option<Sibling>; 8]> = path.iter().map(|_| None).collect();
         let leaf = path.len() - 1;
         let mut cnt = path[leaf].node.borrow().nrecs() - 1;
         for l in (1..path.len()).rev() {

@@ -50,6 +50,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Counts heap allocations: the report's allocations per I/O.
+#[global_allocator]
+static ALLOC: sluice_perf::alloc_count::CountingAlloc = sluice_perf::alloc_count::CountingAlloc;
+
 mod data;
 mod load;
 mod report;
@@ -540,9 +544,9 @@ fn bench(
         }
     };
     sleep_until(measure_start);
-    let cpu0 = cpu_seconds()?;
+    let (cpu0, allocs0) = (cpu_seconds()?, sluice_perf::alloc_count::allocations());
     sleep_until(deadline);
-    let cpu1 = cpu_seconds()?;
+    let (cpu1, allocs1) = (cpu_seconds()?, sluice_perf::alloc_count::allocations());
 
     let mut results: Vec<Option<Local>> = (0..nreact).map(|_| None).collect();
     let mut got = 0;
@@ -634,6 +638,7 @@ fn bench(
         total: OpReport::new(&total, secs),
         cpu_s,
         cpu_s_per_million_ios: (total.ios > 0).then(|| cpu_s / total.ios as f64 * 1e6),
+        allocs_per_io: (total.ios > 0).then(|| (allocs1 - allocs0) as f64 / total.ios as f64),
         physical: (o.workload.writes() && all_written > 0).then(|| Physical {
             logical_bytes_written: all_written,
             data_bytes_written: dbw,
