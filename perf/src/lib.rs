@@ -11,7 +11,6 @@
 //!   the engine on one core, next to `lz4 -b1` on the same bytes.
 //!
 //! What this library owns:
-//! - [`alloc_count`]: a counting global allocator (heap allocations per I/O);
 //! - [`units`]: parsing sizes like `64K`/`10G`, printing sizes and rates;
 //! - [`procstat`]: this process's resident memory, from `/proc/self/status`;
 //! - [`meter`]: a [`sluice_engine::dev::BlockDev`] wrapper that counts the
@@ -21,7 +20,6 @@
 //!   function of (seed, generation, offset), so any read can be verified;
 //! - [`table`]: plain-text tables for the reports.
 
-pub mod alloc_count;
 pub mod datagen;
 pub mod meter;
 pub mod procstat;

@@ -1,6 +1,7 @@
 //! sluice runtime: reactors, io_uring block devices, and the NBD export server.
 pub mod nbd;
 
+pub mod alloc_count;
 pub mod error;
 pub mod executor;
 pub mod iostat;

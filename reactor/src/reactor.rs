@@ -678,5 +678,6 @@ fn publish(st: &mut ReactorStats, rt: &LocalRuntime, ctx: &Ctx, me: &Slot) {
     st.orphaned = r.orphaned;
     st.inflight = r.inflight;
     st.msgs_deferred = ctx.deferred.get();
+    st.heap_allocs = crate::alloc_count::thread_allocations();
     me.stats.publish(st);
 }

@@ -43,6 +43,10 @@ pub struct ReactorStats {
     pub orphaned: u64,
     /// Ops currently owned by the kernel.
     pub inflight: u64,
+    /// Heap allocations made on this reactor's thread (0 unless the binary
+    /// installed [`crate::alloc_count::CountingAlloc`]). Steady 4 KiB I/O
+    /// should not move it.
+    pub heap_allocs: u64,
 }
 
 macro_rules! cell {
@@ -86,4 +90,5 @@ cell!(
     sq_full,
     orphaned,
     inflight,
+    heap_allocs,
 );

@@ -2,7 +2,9 @@
 //! splits them by chunk and forwards pieces to the reactors owning them.
 
 use crate::iostat::{self, OpKind};
-use crate::nbd::{BackendError, Errno, ExportBackend, Extent, ReadSeg, STATE_HOLE, STATE_ZERO};
+use crate::nbd::{
+    BackendError, Errno, ExportBackend, Extent, ReadSeg, ReadSegs, STATE_HOLE, STATE_ZERO,
+};
 use crate::pool_host::PoolHost;
 use sluice_engine::volume::VolInfo;
 use sluice_engine::{AlignedBuf, Error};
@@ -61,10 +63,10 @@ impl ExportBackend for VolumeBackend {
         self.read_only
     }
 
-    async fn read(&self, offset: u64, len: u32) -> Result<Vec<ReadSeg>, BackendError> {
+    async fn read(&self, offset: u64, len: u32) -> Result<ReadSegs, BackendError> {
         let t = Instant::now();
         let r = self.host.read(&self.vol, offset, len).await.map(|parts| {
-            let mut segs: Vec<ReadSeg> = Vec::with_capacity(parts.len());
+            let mut segs = ReadSegs::new();
             for (s, data) in parts {
                 let off = offset + s.buf_off as u64;
                 match data {

@@ -77,13 +77,17 @@ impl ReadSeg {
     }
 }
 
+/// A READ's pieces; inline for one (every read within one chunk): no heap
+/// allocation per request.
+pub type ReadSegs = smallvec::SmallVec<[ReadSeg; 1]>;
+
 /// Block I/O for one connection to one export, run on the connection's
 /// reactor.
 ///
 /// The server has already validated every request against the negotiated
 /// size, alignment (512 B) and read-only flag, so implementations may assume
 /// in-range, aligned, non-empty requests. Several calls run concurrently
-/// (one local task per request), and the server sends each reply as soon as
+/// (one request per worker task, several workers per connection), and the server sends each reply as soon as
 /// its call returns, so replies go out in completion order.
 ///
 /// `async fn` in a trait is used on purpose: backends are `!Send` (engine
@@ -98,7 +102,7 @@ pub trait ExportBackend {
     /// the read-only flag announced in the handshake.
     fn read_only(&self) -> bool;
     /// Read `[offset, offset + len)`: pieces in order, covering the range.
-    async fn read(&self, offset: u64, len: u32) -> Result<Vec<ReadSeg>, BackendError>;
+    async fn read(&self, offset: u64, len: u32) -> Result<ReadSegs, BackendError>;
     /// Write `data` (exactly the request's payload) at `offset`. With `fua`
     /// the data must be durable before this returns.
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), BackendError>;

@@ -9,11 +9,13 @@
 //!   option (pipelined requests) are handed to the transmission phase.
 //! * **Reader** (the connection task itself) — bulk `recv`s into one
 //!   receive buffer, [`parse_request`] as many headers as it holds,
-//!   [`validate`] each, and start every valid request as its *own* local
-//!   task against the backend. It keeps reading while earlier requests are
+//!   [`validate`] each, and hand every valid request to an idle worker
+//!   (or a new one) so requests run concurrently against the backend. It keeps reading while earlier requests are
 //!   in flight, up to a per-connection bound (requests and bytes); at the
 //!   bound it stops reading until some complete.
-//! * **Request tasks** — call the [`ExportBackend`], encode the reply
+//! * **Request workers** — a pool of local tasks (grown when a request
+//!   finds them all busy, so no task is allocated per request) that each
+//!   take the next request, call the [`ExportBackend`], encode the reply
 //!   (simple or structured: OFFSET_DATA / OFFSET_HOLE / ERROR /
 //!   BLOCK_STATUS) and queue it. Replies therefore go out in completion
 //!   order, not request order.
@@ -28,7 +30,7 @@
 //! export removal) stops the reader; the connection then waits for its
 //! in-flight requests (the backend is never abandoned mid-operation), lets
 //! the writer drain, and closes. A dead socket only makes the writer drop
-//! replies; request tasks never touch the socket and cannot fail on it.
+//! replies; request workers never touch the socket and cannot fail on it.
 //!
 //! Copies: WRITE payloads are copied once from the receive buffer into their
 //! own [`AlignedBuf`] (the runtime's `recv` cannot target an offset inside a
@@ -48,7 +50,9 @@ use std::time::Instant;
 use futures::future::{select, Either};
 use sluice_engine::AlignedBuf;
 
-use super::backend::{BackendError, ExportBackend, ExportProvider, ProviderCatalog, ReadSeg};
+use super::backend::{
+    BackendError, ExportBackend, ExportProvider, ProviderCatalog, ReadSeg, ReadSegs,
+};
 use super::handshake::{Handshake, HandshakeState, Negotiated, BASE_ALLOCATION_CONTEXT_ID};
 use super::proto::*;
 use super::server::ServerConfig;
@@ -314,7 +318,7 @@ impl Out {
     }
 }
 
-/// State shared by the reader, the request tasks and the writer of one
+/// State shared by the reader, the request workers and the writer of one
 /// connection.
 #[derive(Default)]
 struct ConnShared {
@@ -331,6 +335,103 @@ struct ConnShared {
     inflight: Cell<usize>,
     /// Their cost in buffer bytes.
     inflight_bytes: Cell<usize>,
+    workers: Workers,
+}
+
+/// An admitted request waiting for a worker.
+struct Job {
+    req: Request,
+    payload: Option<AlignedBuf>,
+    cost: usize,
+}
+
+/// The connection's request workers: tasks that run one request at a time
+/// and park when there is none. A worker is spawned only when a request
+/// finds every worker busy, so the pool grows to the connection's
+/// concurrency and a request costs no task allocation after that.
+/// Invariant: `i` is in `idle` exactly when `parked[i]` holds a waker.
+#[derive(Default)]
+struct Workers {
+    jobs: RefCell<VecDeque<Job>>,
+    parked: RefCell<Vec<Option<Waker>>>,
+    idle: RefCell<Vec<usize>>,
+    /// Set when the connection ends: parked workers exit.
+    closing: Cell<bool>,
+}
+
+impl Workers {
+    /// Queue `job`; wake a parked worker, or return the slot of a worker
+    /// the caller must spawn.
+    fn dispatch(&self, job: Job) -> Option<usize> {
+        self.jobs.borrow_mut().push_back(job);
+        let Some(i) = self.idle.borrow_mut().pop() else {
+            let mut parked = self.parked.borrow_mut();
+            parked.push(None);
+            return Some(parked.len() - 1);
+        };
+        let w = self.parked.borrow_mut()[i].take();
+        if let Some(w) = w {
+            w.wake();
+        }
+        None
+    }
+
+    /// The next job for worker `i`; `None` once the connection is closing
+    /// and nothing is left.
+    async fn next(&self, i: usize) -> Option<Job> {
+        std::future::poll_fn(|cx| {
+            if let Some(j) = self.jobs.borrow_mut().pop_front() {
+                return Poll::Ready(Some(j));
+            }
+            if self.closing.get() {
+                return Poll::Ready(None);
+            }
+            let mut parked = self.parked.borrow_mut();
+            if parked[i].is_none() {
+                self.idle.borrow_mut().push(i);
+            }
+            parked[i] = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// End every worker once the queue is empty.
+    fn close(&self) {
+        self.closing.set(true);
+        self.idle.borrow_mut().clear();
+        let wakers: Vec<Waker> = self
+            .parked
+            .borrow_mut()
+            .iter_mut()
+            .flat_map(Option::take)
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// One request worker (see [`Workers`]).
+async fn worker<B: ExportBackend>(
+    i: usize,
+    sh: Rc<ConnShared>,
+    backend: Rc<B>,
+    neg: Rc<Negotiated>,
+    block_status_max: u32,
+) {
+    while let Some(j) = sh.workers.next(i).await {
+        execute(
+            &*backend,
+            &sh,
+            &j.req,
+            &neg,
+            j.payload,
+            block_status_max,
+            j.cost,
+        )
+        .await;
+    }
 }
 
 impl ConnShared {
@@ -397,6 +498,7 @@ pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
     while sh.inflight.get() > 0 {
         sh.reader_wake.notified().await;
     }
+    sh.workers.close();
     sh.closing.set(true);
     sh.writer_wake.notify();
     writer.await;
@@ -708,12 +810,12 @@ async fn read_requests<B: ExportBackend + 'static>(
                 };
                 let cost = request_cost(&req);
                 sh.admit(cost);
-                let (sh2, be, ng) = (sh.clone(), backend.clone(), neg.clone());
-                let bs_max = cfg.block_status_max.max(MIN_BLOCK_SIZE);
-                spawn_local(async move {
-                    execute(&*be, &sh2, &req, &ng, payload, bs_max, cost).await;
-                })
-                .detach();
+                let job = Job { req, payload, cost };
+                if let Some(i) = sh.workers.dispatch(job) {
+                    let bs_max = cfg.block_status_max.max(MIN_BLOCK_SIZE);
+                    let w = worker(i, sh.clone(), backend.clone(), neg.clone(), bs_max);
+                    spawn_local(w).detach();
+                }
             }
         }
     }
@@ -831,7 +933,7 @@ fn check_segments(req: &Request, segs: &[ReadSeg]) -> Result<(), BackendError> {
 
 /// Queue a successful READ reply: one chunk per piece with structured
 /// replies (holes cost no payload), else one contiguous payload.
-fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg>, cost: usize) {
+fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: ReadSegs, cost: usize) {
     let last = |out: Out, done: bool| if done { out.fin(cost) } else { out };
     if neg.structured_replies && !req.has_flag(CMD_FLAG_DF) {
         let n = segs.len();
@@ -872,7 +974,7 @@ fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: Vec<ReadSeg
 
 /// The pieces as one buffer (holes as zeroes); no copy for a single data
 /// piece.
-fn contiguous(req: &Request, mut segs: Vec<ReadSeg>) -> AlignedBuf {
+fn contiguous(req: &Request, mut segs: ReadSegs) -> AlignedBuf {
     let len = req.length as usize;
     if segs.len() == 1 {
         if let Some(ReadSeg::Data { buf, .. }) = segs.pop() {

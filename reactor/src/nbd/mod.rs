@@ -38,7 +38,7 @@ pub mod proto;
 pub mod server;
 pub mod transmission;
 
-pub use backend::{BackendError, ExportBackend, ExportProvider, ReadSeg};
+pub use backend::{BackendError, ExportBackend, ExportProvider, ReadSeg, ReadSegs};
 pub use conn::{ConnEnd, DIRECT_RECV_MIN};
 pub use proto::{STATE_HOLE, STATE_ZERO};
 pub use server::{ConnectionInfo, ListenSpec, NbdServer, NbdServerError, ServerConfig};

@@ -22,7 +22,7 @@ use sluice_reactor::nbd::handshake::ExportInfo;
 use sluice_reactor::nbd::proto::{STATE_HOLE, STATE_ZERO};
 use sluice_reactor::nbd::{
     BackendError, Errno, ExportBackend, ExportProvider, Extent, ListenSpec, NbdServer, ReadSeg,
-    ServerConfig,
+    ReadSegs, ServerConfig,
 };
 use sluice_reactor::net::ListenAddr;
 use sluice_reactor::{sleep, Reactors, RingConfig};
@@ -316,11 +316,11 @@ impl ExportBackend for MemBackend {
         self.store.read_only
     }
 
-    async fn read(&self, offset: u64, len: u32) -> Result<Vec<ReadSeg>, BackendError> {
+    async fn read(&self, offset: u64, len: u32) -> Result<ReadSegs, BackendError> {
         let _a = Active::new(&self.store.counters);
         self.pause(Op::Read, offset, len).await;
         self.store.counters.reads.fetch_add(1, Ordering::Relaxed);
-        Ok(self.store.read_segs(offset, len))
+        Ok(self.store.read_segs(offset, len).into())
     }
 
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), BackendError> {

@@ -51,6 +51,11 @@ struct Args {
     cache_nodes: usize,
 }
 
+/// Counts heap allocations per reactor (`framework_get_reactors`' `heap_allocs`).
+#[global_allocator]
+static ALLOC: sluice_reactor::alloc_count::CountingAlloc =
+    sluice_reactor::alloc_count::CountingAlloc;
+
 fn main() -> Result<()> {
     let args = Args::parse();
     // Block the stop signals in every thread; one thread waits for them.

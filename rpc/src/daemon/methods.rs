@@ -352,6 +352,7 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
                     "busy_iters": s.busy_iters, "idle_iters": s.idle_iters,
                     "sleeps": s.sleeps, "wakeups": s.wakeups, "msgs": s.msgs,
                     "tasks_polled": s.tasks_polled, "ios_submitted": s.ios_submitted, "ios_completed": s.ios_completed,
+                    "heap_allocs": s.heap_allocs,
                     "zones": zones,
                 })
             })

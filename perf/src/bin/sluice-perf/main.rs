@@ -52,7 +52,8 @@ use std::time::{Duration, Instant};
 
 /// Counts heap allocations: the report's allocations per I/O.
 #[global_allocator]
-static ALLOC: sluice_perf::alloc_count::CountingAlloc = sluice_perf::alloc_count::CountingAlloc;
+static ALLOC: sluice_reactor::alloc_count::CountingAlloc =
+    sluice_reactor::alloc_count::CountingAlloc;
 
 mod data;
 mod load;
@@ -544,9 +545,10 @@ fn bench(
         }
     };
     sleep_until(measure_start);
-    let (cpu0, allocs0) = (cpu_seconds()?, sluice_perf::alloc_count::allocations());
+    let reactor_allocs = || handle.stats().iter().map(|s| s.heap_allocs).sum::<u64>();
+    let (cpu0, allocs0) = (cpu_seconds()?, reactor_allocs());
     sleep_until(deadline);
-    let (cpu1, allocs1) = (cpu_seconds()?, sluice_perf::alloc_count::allocations());
+    let (cpu1, allocs1) = (cpu_seconds()?, reactor_allocs());
 
     let mut results: Vec<Option<Local>> = (0..nreact).map(|_| None).collect();
     let mut got = 0;

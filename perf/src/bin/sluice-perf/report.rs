@@ -105,7 +105,7 @@ pub(crate) struct Report {
     pub(crate) total: OpReport,
     pub(crate) cpu_s: f64,
     pub(crate) cpu_s_per_million_ios: Option<f64>,
-    /// Heap allocations in the whole process during the measured window,
+    /// Heap allocations on the reactor threads during the measured window,
     /// per I/O completed in it (the hot path's target is 0).
     pub(crate) allocs_per_io: Option<f64>,
     pub(crate) physical: Option<Physical>,
@@ -204,7 +204,7 @@ pub(crate) fn render(r: &Report) -> String {
         None => s += &format!("  CPU      {:.2} CPU s, no I/O completed\n", r.cpu_s),
     }
     if let Some(a) = r.allocs_per_io {
-        s += &format!("  heap     {a:.3} allocations per I/O (whole process, measured window)\n");
+        s += &format!("  heap     {a:.3} allocations per I/O (reactor threads, measured window)\n");
     }
     if let Some(p) = &r.physical {
         s += &format!(
