@@ -113,9 +113,14 @@ fn four_kib_io_does_not_allocate() {
     .concat());
     let r = run(&[&common[..], &["--reuse", "--prefill", "-w", "randread"]].concat());
     for (v, max) in [(&w, 0.05), (&r, 0.001)] {
-        assert!(v["total"]["ios"].as_u64().unwrap() > 1000, "{v}");
+        let ios = v["total"]["ios"].as_u64().unwrap() as f64;
+        assert!(ios > 5000.0, "{v}");
         let a = v["allocs_per_io"].as_f64().unwrap();
-        assert!(a <= max, "{} allocations per I/O (at most {max}): {v}", a);
+        // A fixed allowance for the odd checkpoint inside the window.
+        assert!(
+            a * ios <= 200.0 + max * ios,
+            "{a} allocations per I/O (at most 200 + {max} per I/O): {v}"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

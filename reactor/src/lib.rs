@@ -4,6 +4,7 @@ pub mod nbd;
 pub mod alloc_count;
 pub mod error;
 pub mod executor;
+mod forward;
 pub mod iostat;
 pub mod msg;
 pub mod net;
@@ -14,6 +15,7 @@ pub mod runtime;
 pub mod stats;
 pub mod uring_dev;
 pub mod volume_export;
+mod workers;
 
 pub use error::{CallError, Error, SendError};
 pub use executor::{block_on, spawn_local, yield_now, Task};

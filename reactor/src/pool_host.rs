@@ -4,6 +4,7 @@
 //! owns the pool header and catalog. Volume I/O is split by chunk; pieces for
 //! other reactors travel as messages and their results come back the same way.
 
+use crate::forward::{self, Lanes, Service};
 use crate::reactor::{current, ReactorsHandle};
 use crate::uring_dev::UringDev;
 use foldhash::{HashMap, HashMapExt};
@@ -24,10 +25,58 @@ use std::sync::{Arc, RwLock};
 /// chunk (every 4 KiB read): no heap allocation.
 pub type ChunkReads = SmallVec<[(ChunkSpan, Option<AlignedBuf>); 1]>;
 
+/// A chunk operation forwarded to the reactor owning the chunk's zone.
+pub(crate) enum ChunkOp {
+    Read {
+        vol: VolInfo,
+        span: ChunkSpan,
+    },
+    Write {
+        vol: VolInfo,
+        span: ChunkSpan,
+        data: AlignedBuf,
+    },
+    Piece {
+        vol: VolInfo,
+        piece: WritePiece,
+        data: AlignedBuf,
+    },
+}
+
+/// Its result: the data of a read (`None` for a hole); `None` for writes.
+pub(crate) type ChunkOut = Result<Option<AlignedBuf>>;
+
+impl ChunkOp {
+    async fn run(self, z: &Zone<UringDev>) -> ChunkOut {
+        match self {
+            ChunkOp::Read { vol, span } => z.read_span(&vol, span).await,
+            ChunkOp::Write { vol, span, data } => z.write(&vol, span, data).await.map(|()| None),
+            ChunkOp::Piece { vol, piece, data } => {
+                z.write_piece(&vol, &piece, data).await.map(|()| None)
+            }
+        }
+    }
+}
+
+/// Serves forwarded chunk operations on the reactor owning their zone.
+struct ZoneService {
+    pool: String,
+}
+
+impl Service for ZoneService {
+    type Op = ChunkOp;
+    type Out = ChunkOut;
+    async fn serve(&self, zone: u32, op: ChunkOp) -> ChunkOut {
+        op.run(&*local_zone(&self.pool, zone)?).await
+    }
+}
+
 /// What one reactor holds of one pool.
 struct LocalPool {
     zones: HashMap<u32, Rc<Zone<UringDev>>>,
     meta: Option<Rc<PoolMeta<UringDev>>>,
+    /// This reactor's end of the chunk-operation lanes.
+    fwd: Option<Rc<forward::Local<ZoneService>>>,
 }
 
 thread_local! {
@@ -134,7 +183,8 @@ impl PoolHost {
                 Ok::<_, Error>(geo)
             })
             .map_err(call_err)??;
-        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, true)?;
+        let lanes = Lanes::new(reactors.clone(), nreact);
+        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, true, &lanes)?;
         let catalog = reactors
             .call(0, {
                 let n = name.to_string();
@@ -169,7 +219,8 @@ impl PoolHost {
                 Ok::<_, Error>(r)
             })
             .map_err(call_err)??;
-        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, false)?;
+        let lanes = Lanes::new(reactors.clone(), nreact);
+        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, false, &lanes)?;
         let host = Arc::new(PoolHost {
             name: name.into(),
             path: path.into(),
@@ -184,7 +235,9 @@ impl PoolHost {
         Ok(host)
     }
 
-    /// Format or open every zone on its owning reactor, reactors in parallel.
+    /// Format or open every zone on its owning reactor, reactors in
+    /// parallel, and set up each reactor's end of the forwarding lanes.
+    #[allow(clippy::too_many_arguments)]
     fn start_zones(
         reactors: &ReactorsHandle,
         nreact: usize,
@@ -193,14 +246,16 @@ impl PoolHost {
         geo: &Geometry,
         cfg: ZoneConfig,
         format: bool,
+        lanes: &Arc<Lanes<ChunkOp, ChunkOut>>,
     ) -> Result<()> {
         let mut rxs = Vec::new();
         for r in 0..nreact {
-            let (name, path, geo, cfg) = (
+            let (name, path, geo, cfg, lanes) = (
                 name.to_string(),
                 path.to_path_buf(),
                 geo.clone(),
                 cfg.clone(),
+                lanes.clone(),
             );
             let (tx, rx) = std::sync::mpsc::channel();
             reactors
@@ -213,6 +268,8 @@ impl PoolHost {
                                 install(&name, None);
                             }
                             let lp = local(&name)?;
+                            let service = ZoneService { pool: name.clone() };
+                            lp.borrow_mut().fwd = Some(forward::Local::install(r, lanes, service));
                             for z in (0..geo.nzones).filter(|z| *z as usize % nreact == r) {
                                 let zone = if format {
                                     Zone::format(dev.clone(), geo.clone(), z, cfg.clone()).await?
@@ -413,6 +470,31 @@ impl PoolHost {
             .map_err(call_err)?
     }
 
+    /// Run a chunk operation on the zone's owner: directly when that is the
+    /// calling reactor, else through the forwarding lanes (no allocation),
+    /// or as a message when a lane is full or the caller is not a reactor.
+    async fn chunk_op(&self, z: u32, op: ChunkOp) -> ChunkOut {
+        let owner = self.owner(z);
+        let me = current().map(|c| c.index);
+        if me == Some(owner) {
+            return op.run(&*local_zone(&self.name, z)?).await;
+        }
+        let op = match me.and_then(|_| local(&self.name).ok()?.borrow().fwd.clone()) {
+            Some(f) => match f.call(owner, z, op).await {
+                Ok(out) => return out,
+                Err(op) => op,
+            },
+            None => op,
+        };
+        let name = self.name.clone();
+        self.reactors
+            .call_async(owner, move || async move {
+                op.run(&*local_zone(&name, z)?).await
+            })
+            .await
+            .map_err(call_err)?
+    }
+
     /// Read `len` bytes: per chunk, `None` for holes. Chunks are read in parallel.
     pub async fn read(&self, v: &VolInfo, offset: u64, len: u32) -> Result<ChunkReads> {
         v.check_range(offset, len as u64)?;
@@ -420,21 +502,17 @@ impl PoolHost {
         let mut spans = v.split(offset, len as u64);
         if let (Some(s), None) = (spans.next(), spans.next()) {
             // One chunk (every 4 KiB read): no join.
-            let v = *v;
+            let vol = *v;
             let data = self
-                .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
-                    z.read_span(&v, s).await
-                })
+                .chunk_op(v.zone_of(s.chunk, nz), ChunkOp::Read { vol, span: s })
                 .await?;
             return Ok(smallvec![(s, data)]);
         }
         let futs = v.split(offset, len as u64).map(|s| {
-            let v = *v;
+            let vol = *v;
             async move {
                 let data = self
-                    .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
-                        z.read_span(&v, s).await
-                    })
+                    .chunk_op(v.zone_of(s.chunk, nz), ChunkOp::Read { vol, span: s })
                     .await?;
                 Ok::<_, Error>((s, data))
             }
@@ -453,18 +531,18 @@ impl PoolHost {
         let nz = self.geo.nzones;
         let v = *v;
         let mut spans = v.split(offset, data.len() as u64);
-        if let (Some(s), None) = (spans.next(), spans.next()) {
-            return self
-                .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
-                    z.write(&v, s, data).await
-                })
-                .await;
+        if let (Some(span), None) = (spans.next(), spans.next()) {
+            let op = ChunkOp::Write { vol: v, span, data };
+            return self.chunk_op(v.zone_of(span.chunk, nz), op).await.map(drop);
         }
         let pieces = v.write_pieces(offset, data.len(), nz);
-        let piece_on_zone = |p: WritePiece, piece: AlignedBuf| {
-            self.on_zone(p.zone, move |z| async move {
-                z.write_piece(&v, &p, piece).await
-            })
+        let piece_on_zone = |piece: WritePiece, data: AlignedBuf| async move {
+            let op = ChunkOp::Piece {
+                vol: v,
+                piece,
+                data,
+            };
+            self.chunk_op(piece.zone, op).await.map(drop)
         };
         if let [p] = pieces[..] {
             // One run covering the request: its buffer as it is.
@@ -646,7 +724,11 @@ impl PoolHost {
         for i in 0..self.nreact {
             let name = self.name.clone();
             let _ = self.reactors.call(i, move || async move {
-                LOCAL.with(|l| l.borrow_mut().remove(&name));
+                if let Some(lp) = LOCAL.with(|l| l.borrow_mut().remove(&name)) {
+                    if let Some(f) = lp.borrow_mut().fwd.take() {
+                        f.uninstall();
+                    }
+                }
             });
         }
         r
@@ -677,6 +759,7 @@ fn install(name: &str, meta: Option<Rc<PoolMeta<UringDev>>>) {
             Rc::new(RefCell::new(LocalPool {
                 zones: HashMap::new(),
                 meta,
+                fwd: None,
             })),
         );
     });

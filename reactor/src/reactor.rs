@@ -8,7 +8,9 @@
 //!
 //! The loop, per iteration:
 //! 1. retry messages this reactor could not deliver earlier (overflow);
-//! 2. run up to `msg_batch` messages from the inboxes (round-robin start);
+//! 2. run up to `msg_batch` messages from the inboxes (round-robin start),
+//!    then every registered [`Poller`] (typed queues drained whole, such as
+//!    the chunk operations other reactors forward, [`crate::forward`]);
 //! 3. run up to `task_budget` ready tasks, submitting early only when the
 //!    device would run dry (`submit_batch`, [`crate::ring::Ring::submit_early`]);
 //! 4. one `submit` of every SQE still queued;
@@ -153,6 +155,47 @@ struct Ctx {
 
 thread_local! {
     static CTX: RefCell<Option<Rc<Ctx>>> = const { RefCell::new(None) };
+    static POLLERS: RefCell<Vec<(u64, Rc<dyn Poller>)>> = const { RefCell::new(Vec::new()) };
+    static NEXT_POLLER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Work a reactor checks every loop iteration besides its inboxes and ring
+/// (SPDK's poller): typed, fixed-size queues that need no message per item.
+pub(crate) trait Poller {
+    /// Do what is pending; how many items were handled (0: idle).
+    fn poll(&self) -> usize;
+    /// Whether `poll` would find work (checked before the reactor sleeps,
+    /// after it announced that it is going to, so a producer that pushes
+    /// and then notifies is never missed).
+    fn has_work(&self) -> bool;
+}
+
+/// Run `p` on this reactor's loop until [`remove_poller`] with the
+/// returned id.
+pub(crate) fn add_poller(p: Rc<dyn Poller>) -> u64 {
+    let id = NEXT_POLLER.with(|n| n.replace(n.get() + 1));
+    POLLERS.with(|v| v.borrow_mut().push((id, p)));
+    id
+}
+
+pub(crate) fn remove_poller(id: u64) {
+    POLLERS.with(|v| v.borrow_mut().retain(|(i, _)| *i != id));
+}
+
+fn run_pollers() -> usize {
+    let mut n = 0;
+    let mut i = 0;
+    // One poller at a time, outside the borrow: a poller may add or remove
+    // pollers (a pool opening or closing).
+    while let Some(p) = POLLERS.with(|v| v.borrow().get(i).map(|(_, p)| p.clone())) {
+        n += p.poll();
+        i += 1;
+    }
+    n
+}
+
+fn pollers_have_work() -> bool {
+    POLLERS.with(|v| v.borrow().iter().any(|(_, p)| p.has_work()))
 }
 
 fn ctx() -> Option<Rc<Ctx>> {
@@ -440,6 +483,14 @@ impl ReactorsHandle {
         rx.await.map_err(|_| CallError::Canceled)
     }
 
+    /// Wake reactor `idx` if it sleeps (after pushing work into a queue
+    /// one of its pollers drains).
+    pub(crate) fn notify(&self, idx: usize) {
+        if let Some(s) = self.shared.slots.get(idx) {
+            s.notifier.notify();
+        }
+    }
+
     /// Counters of every reactor, by index.
     pub fn stats(&self) -> Vec<ReactorStats> {
         self.shared
@@ -600,8 +651,9 @@ fn reactor_main(
         }
         let m = drain_inboxes(me, start, cfg.msg_batch);
         start = (start + 1) % k;
+        let p = run_pollers();
         let (t, s, c) = rt.turn(cfg.task_budget, cfg.submit_batch);
-        work += m + t + s + c;
+        work += m + p + t + s + c;
         st.msgs += m as u64;
         st.tasks_polled += t as u64;
         if work > 0 {
@@ -614,6 +666,7 @@ fn reactor_main(
                     let quiet = rt.prepare_sleep(|| {
                         !me.inboxes_empty()
                             || ctx.has_overflow()
+                            || pollers_have_work()
                             || shared.stop.load(Ordering::Relaxed)
                     });
                     if quiet {
@@ -635,10 +688,11 @@ fn reactor_main(
             ctx.flush_overflow();
         }
         let m = drain_inboxes(me, 0, usize::MAX);
+        let p = run_pollers();
         let (t, _s, c) = rt.turn(cfg.task_budget, cfg.submit_batch);
         st.msgs += m as u64;
         st.tasks_polled += t as u64;
-        if m + t + c == 0 && me.inboxes_empty() && !rt.exec.has_ready() {
+        if m + p + t + c == 0 && me.inboxes_empty() && !rt.exec.has_ready() {
             break;
         }
         if Instant::now() > deadline {
@@ -655,6 +709,7 @@ fn reactor_main(
     rt.shutdown();
     me.discard_if_closed();
     publish(&mut st, &rt, &ctx, me);
+    POLLERS.with(|v| v.borrow_mut().clear());
     CTX.with(|c| c.borrow_mut().take());
 }
 

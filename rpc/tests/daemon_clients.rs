@@ -348,8 +348,8 @@ fn garbage_clients_do_not_hurt_others() {
 /// fio over NBD against the real daemon: steady 4 KiB I/O does not allocate
 /// on the reactor (one reactor: the connection and the zones share it).
 /// Connection setup and the odd intent-log growth or B+tree split do, hence
-/// a small allowance per I/O; the code before this test allocated 3 (reads)
-/// to 8 (writes) times per request.
+/// a fixed allowance plus a small one per I/O; the code before this test
+/// allocated 3 (reads) to 8 (writes) times per request.
 #[test]
 fn nbd_4k_io_does_not_allocate_on_the_reactor() {
     let d = Sluiced::start("alloc", &["--cores", "0"]);
@@ -387,11 +387,15 @@ fn nbd_4k_io_does_not_allocate_on_the_reactor() {
         let job = &js["jobs"][0];
         let ios = job["read"]["total_ios"].as_u64().unwrap_or(0)
             + job["write"]["total_ios"].as_u64().unwrap_or(0);
-        assert!(ios > 1000, "{rw}: only {ios} I/Os");
+        assert!(ios > 5000, "{rw}: only {ios} I/Os");
+        // The connection's setup and teardown and the final flush allocate
+        // a few hundred times whatever the I/O count.
         let per = (a1 - a0) as f64 / ios as f64;
+        let allowed = 1000.0 + max * ios as f64;
         assert!(
-            per <= max,
-            "{rw}: {} heap allocations on the reactor for {ios} I/Os ({per:.3} per I/O, at most {max})",
+            (a1 - a0) as f64 <= allowed,
+            "{rw}: {} heap allocations on the reactor for {ios} I/Os ({per:.3} per I/O; \
+             at most 1000 + {max} per I/O)",
             a1 - a0
         );
         assert!(a0 > 0, "the allocation counter is not installed");

@@ -63,6 +63,7 @@ use super::transmission::{
 use crate::executor::spawn_local;
 use crate::net::UringStream;
 use crate::ring::MAX_INLINE_HEADER;
+use crate::workers::WorkerPool;
 
 /// WRITE payloads at least this long whose bytes have not arrived yet are
 /// received directly into their own buffer (no copy).
@@ -335,7 +336,8 @@ struct ConnShared {
     inflight: Cell<usize>,
     /// Their cost in buffer bytes.
     inflight_bytes: Cell<usize>,
-    workers: Workers,
+    /// The request workers.
+    workers: WorkerPool<Job>,
 }
 
 /// An admitted request waiting for a worker.
@@ -345,74 +347,7 @@ struct Job {
     cost: usize,
 }
 
-/// The connection's request workers: tasks that run one request at a time
-/// and park when there is none. A worker is spawned only when a request
-/// finds every worker busy, so the pool grows to the connection's
-/// concurrency and a request costs no task allocation after that.
-/// Invariant: `i` is in `idle` exactly when `parked[i]` holds a waker.
-#[derive(Default)]
-struct Workers {
-    jobs: RefCell<VecDeque<Job>>,
-    parked: RefCell<Vec<Option<Waker>>>,
-    idle: RefCell<Vec<usize>>,
-    /// Set when the connection ends: parked workers exit.
-    closing: Cell<bool>,
-}
-
-impl Workers {
-    /// Queue `job`; wake a parked worker, or return the slot of a worker
-    /// the caller must spawn.
-    fn dispatch(&self, job: Job) -> Option<usize> {
-        self.jobs.borrow_mut().push_back(job);
-        let Some(i) = self.idle.borrow_mut().pop() else {
-            let mut parked = self.parked.borrow_mut();
-            parked.push(None);
-            return Some(parked.len() - 1);
-        };
-        let w = self.parked.borrow_mut()[i].take();
-        if let Some(w) = w {
-            w.wake();
-        }
-        None
-    }
-
-    /// The next job for worker `i`; `None` once the connection is closing
-    /// and nothing is left.
-    async fn next(&self, i: usize) -> Option<Job> {
-        std::future::poll_fn(|cx| {
-            if let Some(j) = self.jobs.borrow_mut().pop_front() {
-                return Poll::Ready(Some(j));
-            }
-            if self.closing.get() {
-                return Poll::Ready(None);
-            }
-            let mut parked = self.parked.borrow_mut();
-            if parked[i].is_none() {
-                self.idle.borrow_mut().push(i);
-            }
-            parked[i] = Some(cx.waker().clone());
-            Poll::Pending
-        })
-        .await
-    }
-
-    /// End every worker once the queue is empty.
-    fn close(&self) {
-        self.closing.set(true);
-        self.idle.borrow_mut().clear();
-        let wakers: Vec<Waker> = self
-            .parked
-            .borrow_mut()
-            .iter_mut()
-            .flat_map(Option::take)
-            .collect();
-        for w in wakers {
-            w.wake();
-        }
-    }
-}
-
-/// One request worker (see [`Workers`]).
+/// One request worker (see [`WorkerPool`]).
 async fn worker<B: ExportBackend>(
     i: usize,
     sh: Rc<ConnShared>,
