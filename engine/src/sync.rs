@@ -28,18 +28,23 @@ impl LockState {
         !self.writer && self.readers == 0 && self.queue.is_empty()
     }
 
+    /// Take the lock if what is held allows it (the queue aside).
+    fn take(&mut self, write: bool) -> bool {
+        if self.writer || (write && self.readers > 0) {
+            return false;
+        }
+        if write {
+            self.writer = true;
+        } else {
+            self.readers += 1;
+        }
+        true
+    }
+
     /// Take the lock at once if nobody holds it against us and nobody waits
     /// (FIFO: a reader never passes a queued writer).
     fn try_take(&mut self, write: bool) -> bool {
-        let ok = self.queue.is_empty() && !self.writer && (!write || self.readers == 0);
-        if ok {
-            if write {
-                self.writer = true;
-            } else {
-                self.readers += 1;
-            }
-        }
-        ok
+        self.queue.is_empty() && self.take(write)
     }
 
     fn unlock(&mut self, write: bool) {
@@ -54,22 +59,12 @@ impl LockState {
     /// Grant the lock to waiters at the head of the queue, in order.
     fn grant(&mut self) {
         while let Some(w) = self.queue.front() {
-            let ok = if w.write {
-                !self.writer && self.readers == 0
-            } else {
-                !self.writer
-            };
-            if !ok {
+            if !self.take(w.write) {
                 break;
             }
             let Some(mut w) = self.queue.pop_front() else {
                 break;
             };
-            if w.write {
-                self.writer = true;
-            } else {
-                self.readers += 1;
-            }
             w.granted.set(true);
             if let Some(k) = w.waker.take() {
                 k.wake();

@@ -17,11 +17,17 @@ fn run(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("--json prints one JSON object")
 }
 
+/// A fresh directory on a filesystem with O_DIRECT (not tmpfs).
+fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let dir =
+        std::path::Path::new("/var/tmp").join(format!("sluice-perf-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[test]
 fn verify_workload_reads_back_what_it_wrote() {
-    let dir =
-        std::path::Path::new("/var/tmp").join(format!("sluice-perf-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("test");
     let pool = dir.join("p.img");
     let pool = pool.to_str().unwrap();
     for (chunk, comp) in [("4K", "none"), ("64K", "lz4")] {
@@ -85,9 +91,7 @@ fn verify_workload_reads_back_what_it_wrote() {
 /// checkpoint), so they get a small allowance; reads get none.
 #[test]
 fn four_kib_io_does_not_allocate() {
-    let dir =
-        std::path::Path::new("/var/tmp").join(format!("sluice-perf-alloc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("alloc");
     let pool = dir.join("p.img");
     let pool = pool.to_str().unwrap();
     let common = [

@@ -77,7 +77,6 @@ impl<Op, Out> Lanes<Op, Out> {
     }
 }
 
-#[derive(Default)]
 struct Slot<Out> {
     out: Option<Out>,
     waker: Option<Waker>,
@@ -141,6 +140,7 @@ impl<S: Service> Local<S> {
         }
         self.outstanding[to].set(self.outstanding[to].get() + 1);
         self.lanes.reactors.notify(to);
+        // Frees the slot when done, or marks it abandoned if dropped early.
         let mut wait = Waiting {
             local: self,
             slot,
@@ -159,7 +159,6 @@ impl<S: Service> Local<S> {
         })
         .await;
         wait.done = true;
-        self.free.borrow_mut().push(slot);
         Ok(out)
     }
 
@@ -197,7 +196,9 @@ impl<S: Service> Local<S> {
     }
 }
 
-/// Marks the slot abandoned if the waiting future is dropped early.
+/// The slot of a waiting call: freed once the call has its reply (or
+/// dropped after the reply landed); marked abandoned if the call is dropped
+/// before, so the reply frees it.
 struct Waiting<'a, S: Service> {
     local: &'a Local<S>,
     slot: u32,
@@ -206,14 +207,10 @@ struct Waiting<'a, S: Service> {
 
 impl<S: Service> Drop for Waiting<'_, S> {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
         let mut slots = self.local.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
         s.waker = None;
-        if s.out.take().is_some() {
-            // The reply came but was never taken: the slot is free now.
+        if self.done || s.out.take().is_some() {
             drop(slots);
             self.local.free.borrow_mut().push(self.slot);
         } else {

@@ -1,8 +1,9 @@
 //! A pool hosted on the reactors: each reactor opens the backing file with
 //! its own io_uring and owns the zones `z` with `z % reactors == index`
 //! (no locks on the I/O path: only the owner touches a zone). Reactor 0 also
-//! owns the pool header and catalog. Volume I/O is split by chunk; pieces for
-//! other reactors travel as messages and their results come back the same way.
+//! owns the pool header and catalog. Volume I/O is split by chunk; reads and
+//! writes of chunks other reactors own travel through the forwarding lanes
+//! ([`crate::forward`]), other per-zone work as messages.
 
 use crate::forward::{self, Lanes, Service};
 use crate::reactor::{current, ReactorsHandle};
@@ -470,29 +471,27 @@ impl PoolHost {
             .map_err(call_err)?
     }
 
-    /// Run a chunk operation on the zone's owner: directly when that is the
-    /// calling reactor, else through the forwarding lanes (no allocation),
-    /// or as a message when a lane is full or the caller is not a reactor.
+    /// Run a chunk operation on the zone's owner: through the forwarding
+    /// lanes (no allocation) when the owner is another reactor, else (the
+    /// calling reactor owns it, a lane is full, or the caller is not a
+    /// reactor) as [`Self::on_zone`] does.
     async fn chunk_op(&self, z: u32, op: ChunkOp) -> ChunkOut {
         let owner = self.owner(z);
-        let me = current().map(|c| c.index);
-        if me == Some(owner) {
-            return op.run(&*local_zone(&self.name, z)?).await;
-        }
-        let op = match me.and_then(|_| local(&self.name).ok()?.borrow().fwd.clone()) {
+        let lane_end = match current() {
+            Some(c) if c.index != owner => {
+                local(&self.name).ok().and_then(|l| l.borrow().fwd.clone())
+            }
+            _ => None,
+        };
+        let op = match lane_end {
             Some(f) => match f.call(owner, z, op).await {
                 Ok(out) => return out,
                 Err(op) => op,
             },
             None => op,
         };
-        let name = self.name.clone();
-        self.reactors
-            .call_async(owner, move || async move {
-                op.run(&*local_zone(&name, z)?).await
-            })
+        self.on_zone(z, move |zone| async move { op.run(&zone).await })
             .await
-            .map_err(call_err)?
     }
 
     /// Read `len` bytes: per chunk, `None` for holes. Chunks are read in parallel.
