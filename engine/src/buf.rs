@@ -7,7 +7,13 @@
 //! Every I/O needs one, so their memory is recycled: each thread keeps a
 //! small free list per power-of-two size class (4 KiB .. 1 MiB, at most
 //! [`RECYCLE_BYTES`] per class), like malloc's per-thread cache but for
-//! aligned blocks, which glibc's tcache does not serve.
+//! aligned blocks, which glibc's tcache does not serve. Behind the thread
+//! lists sits one process-wide depot per class (a lock-free bounded queue):
+//! a buffer that one thread allocates and another frees — a chunk read by
+//! the reactor owning its zone, handed to the reactor that asked — overflows
+//! the freeing thread's list into the depot and the allocating thread takes
+//! it back from there, instead of one calling free and the other malloc for
+//! every such I/O.
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut};
@@ -61,6 +67,24 @@ thread_local! {
         std::cell::RefCell::new(FreeLists(std::array::from_fn(|_| Vec::new())));
 }
 
+/// A free block in the depot. Only the depot holds it, so it may move
+/// between threads like the `AlignedBuf` it came from.
+struct FreeBlock(NonNull<u8>);
+// SAFETY: a free block is owned by whoever holds this value, nobody else.
+unsafe impl Send for FreeBlock {}
+
+/// Bytes the depot keeps per size class (at least 8 blocks).
+const DEPOT_BYTES: usize = 8 << 20;
+
+/// The process-wide depot, one bounded queue per class. Never freed: what it
+/// holds at exit goes back with the process.
+static DEPOT: std::sync::LazyLock<[crossbeam_queue::ArrayQueue<FreeBlock>; NCLASS]> =
+    std::sync::LazyLock::new(|| {
+        std::array::from_fn(|k| {
+            crossbeam_queue::ArrayQueue::new((DEPOT_BYTES / (BLOCK_SIZE << k)).max(8))
+        })
+    });
+
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes; capacity is rounded up to whole blocks.
     pub fn zeroed(len: usize) -> Self {
@@ -79,7 +103,11 @@ impl AlignedBuf {
     pub fn filled_later(len: usize) -> Self {
         let cap = len.div_ceil(BLOCK_SIZE).max(1) * BLOCK_SIZE;
         if let Some(k) = class_of(cap) {
-            let got = FREE.try_with(|f| f.borrow_mut().0[k].pop()).ok().flatten();
+            let got = FREE
+                .try_with(|f| f.borrow_mut().0[k].pop())
+                .ok()
+                .flatten()
+                .or_else(|| DEPOT[k].pop().map(|b| b.0));
             if let Some(ptr) = got {
                 return AlignedBuf {
                     ptr,
@@ -151,7 +179,7 @@ impl Drop for AlignedBuf {
                     }
                 })
                 .unwrap_or(false);
-            if kept {
+            if kept || DEPOT[k].push(FreeBlock(ptr)).is_ok() {
                 return;
             }
         }
@@ -200,6 +228,26 @@ mod tests {
         assert_eq!(b.len(), 10_000);
         assert_eq!(b.capacity(), 12_288);
         assert!(b.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn a_buffer_freed_by_another_thread_comes_back_through_the_depot() {
+        // 512 KiB: a class no other unit test recycles. A thread keeps
+        // RECYCLE_BYTES / 512 KiB = 4 of them; the fifth it frees goes to
+        // the depot, where this thread (whose own list is empty) finds it.
+        const CAP: usize = 512 << 10;
+        let per_thread = RECYCLE_BYTES / CAP;
+        let freed: Vec<usize> = std::thread::spawn(move || {
+            let bufs: Vec<AlignedBuf> = (0..=per_thread)
+                .map(|_| AlignedBuf::filled_later(CAP))
+                .collect();
+            bufs.iter().map(|b| b.as_ptr() as usize).collect()
+        })
+        .join()
+        .expect("thread");
+        let got = AlignedBuf::filled_later(CAP);
+        assert!(got.recycled(), "a fresh allocation, not a recycled block");
+        assert!(freed.contains(&(got.as_ptr() as usize)));
     }
 
     #[test]
