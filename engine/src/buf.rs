@@ -8,12 +8,12 @@
 //! small free list per power-of-two size class (4 KiB .. 1 MiB, at most
 //! [`RECYCLE_BYTES`] per class), like malloc's per-thread cache but for
 //! aligned blocks, which glibc's tcache does not serve. Behind the thread
-//! lists sits one process-wide depot per class (a lock-free bounded queue):
-//! a buffer that one thread allocates and another frees — a chunk read by
-//! the reactor owning its zone, handed to the reactor that asked — overflows
-//! the freeing thread's list into the depot and the allocating thread takes
-//! it back from there, instead of one calling free and the other malloc for
-//! every such I/O.
+//! lists there may be a process-wide [`Depot`], which the runtime (the owner
+//! of the threads) installs with [`set_depot`]: a buffer that one thread
+//! allocates and another frees — a chunk read by the reactor owning its
+//! zone, handed to the reactor that asked — overflows the freeing thread's
+//! list into the depot and the allocating thread takes it back from there,
+//! instead of one calling free and the other malloc for every such I/O.
 
 use std::alloc::{self, Layout};
 use std::ops::{Deref, DerefMut};
@@ -67,23 +67,35 @@ thread_local! {
         std::cell::RefCell::new(FreeLists(std::array::from_fn(|_| Vec::new())));
 }
 
-/// A free block in the depot. Only the depot holds it, so it may move
-/// between threads like the `AlignedBuf` it came from.
-struct FreeBlock(NonNull<u8>);
+/// A free block of one size class on its way through the [`Depot`]: owned
+/// by whoever holds this value, so it may move between threads like the
+/// `AlignedBuf` it came from.
+pub struct FreeBlock(NonNull<u8>);
 // SAFETY: a free block is owned by whoever holds this value, nobody else.
 unsafe impl Send for FreeBlock {}
 
-/// Bytes the depot keeps per size class (at least 8 blocks).
-const DEPOT_BYTES: usize = 8 << 20;
+/// Number of size classes: blocks of [`class_bytes`]`(0..SIZE_CLASSES)`.
+pub const SIZE_CLASSES: usize = NCLASS;
 
-/// The process-wide depot, one bounded queue per class. Never freed: what it
-/// holds at exit goes back with the process.
-static DEPOT: std::sync::LazyLock<[crossbeam_queue::ArrayQueue<FreeBlock>; NCLASS]> =
-    std::sync::LazyLock::new(|| {
-        std::array::from_fn(|k| {
-            crossbeam_queue::ArrayQueue::new((DEPOT_BYTES / (BLOCK_SIZE << k)).max(8))
-        })
-    });
+/// Bytes of a block of size class `class` (4 KiB << class).
+pub const fn class_bytes(class: usize) -> usize {
+    BLOCK_SIZE << class
+}
+
+/// A process-wide store of free blocks behind the per-thread lists.
+pub trait Depot: Sync {
+    /// Keep `block` (of size class `class`); give it back when full.
+    fn put(&self, class: usize, block: FreeBlock) -> Result<(), FreeBlock>;
+    /// A kept block of size class `class`, if any.
+    fn take(&self, class: usize) -> Option<FreeBlock>;
+}
+
+static DEPOT: std::sync::OnceLock<&'static dyn Depot> = std::sync::OnceLock::new();
+
+/// Install the process's depot; the first call wins (false for later ones).
+pub fn set_depot(depot: &'static dyn Depot) -> bool {
+    DEPOT.set(depot).is_ok()
+}
 
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes; capacity is rounded up to whole blocks.
@@ -107,7 +119,7 @@ impl AlignedBuf {
                 .try_with(|f| f.borrow_mut().0[k].pop())
                 .ok()
                 .flatten()
-                .or_else(|| DEPOT[k].pop().map(|b| b.0));
+                .or_else(|| DEPOT.get()?.take(k).map(|b| b.0));
             if let Some(ptr) = got {
                 return AlignedBuf {
                     ptr,
@@ -125,7 +137,7 @@ impl AlignedBuf {
 
     /// Whether this buffer came off a free list (so is not known zero). The
     /// tag rides in the low bits of `cap`, which are always zero otherwise.
-    fn recycled(&self) -> bool {
+    pub fn recycled(&self) -> bool {
         self.cap & RECYCLED_TAG != 0
     }
 
@@ -179,7 +191,11 @@ impl Drop for AlignedBuf {
                     }
                 })
                 .unwrap_or(false);
-            if kept || DEPOT[k].push(FreeBlock(ptr)).is_ok() {
+            let kept = kept
+                || DEPOT
+                    .get()
+                    .is_some_and(|d| d.put(k, FreeBlock(ptr)).is_ok());
+            if kept {
                 return;
             }
         }
@@ -228,26 +244,6 @@ mod tests {
         assert_eq!(b.len(), 10_000);
         assert_eq!(b.capacity(), 12_288);
         assert!(b.iter().all(|&x| x == 0));
-    }
-
-    #[test]
-    fn a_buffer_freed_by_another_thread_comes_back_through_the_depot() {
-        // 512 KiB: a class no other unit test recycles. A thread keeps
-        // RECYCLE_BYTES / 512 KiB = 4 of them; the fifth it frees goes to
-        // the depot, where this thread (whose own list is empty) finds it.
-        const CAP: usize = 512 << 10;
-        let per_thread = RECYCLE_BYTES / CAP;
-        let freed: Vec<usize> = std::thread::spawn(move || {
-            let bufs: Vec<AlignedBuf> = (0..=per_thread)
-                .map(|_| AlignedBuf::filled_later(CAP))
-                .collect();
-            bufs.iter().map(|b| b.as_ptr() as usize).collect()
-        })
-        .join()
-        .expect("thread");
-        let got = AlignedBuf::filled_later(CAP);
-        assert!(got.recycled(), "a fresh allocation, not a recycled block");
-        assert!(freed.contains(&(got.as_ptr() as usize)));
     }
 
     #[test]

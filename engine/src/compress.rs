@@ -31,13 +31,14 @@ pub fn may_compress(comp: Compression, chunk_size: usize) -> bool {
     comp == Compression::Lz4 && chunk_size > BLOCK_SIZE
 }
 
-/// The scratch [`encode`] needs for chunks of `chunk_size` bytes: none
-/// (no allocation) when they are never compressed.
+/// The scratch [`encode`] needs for chunks of `chunk_size` bytes. When they
+/// are never compressed `encode` does not touch it: an empty buffer (a
+/// recycled block, not zeroed).
 pub fn scratch_for_chunks(comp: Compression, chunk_size: usize) -> AlignedBuf {
     if may_compress(comp, chunk_size) {
         scratch_for(chunk_size)
     } else {
-        AlignedBuf::zeroed(0)
+        AlignedBuf::filled_later(0)
     }
 }
 

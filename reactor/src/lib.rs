@@ -2,6 +2,7 @@
 pub mod nbd;
 
 pub mod alloc_count;
+mod buf_depot;
 pub mod error;
 pub mod executor;
 mod forward;

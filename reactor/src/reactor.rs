@@ -258,6 +258,8 @@ impl Reactors {
         if cores.is_empty() {
             return Err(Error::NoCores);
         }
+        // Buffers cross between reactors: give them a way back.
+        crate::buf_depot::install();
         if cfg.pin {
             let avail: Vec<usize> = core_affinity::get_core_ids()
                 .unwrap_or_default()

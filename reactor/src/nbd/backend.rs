@@ -87,8 +87,9 @@ pub type ReadSegs = smallvec::SmallVec<[ReadSeg; 1]>;
 /// The server has already validated every request against the negotiated
 /// size, alignment (512 B) and read-only flag, so implementations may assume
 /// in-range, aligned, non-empty requests. Several calls run concurrently
-/// (one request per worker task, several workers per connection), and the server sends each reply as soon as
-/// its call returns, so replies go out in completion order.
+/// (one request per worker task, several workers per connection), and the
+/// server sends each reply as soon as its call returns, so replies go out in
+/// completion order.
 ///
 /// `async fn` in a trait is used on purpose: backends are `!Send` (engine
 /// state lives on its reactor), so the missing `Send` bound on the returned

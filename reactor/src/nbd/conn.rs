@@ -10,9 +10,10 @@
 //! * **Reader** (the connection task itself) — bulk `recv`s into one
 //!   receive buffer, [`parse_request`] as many headers as it holds,
 //!   [`validate`] each, and hand every valid request to an idle worker
-//!   (or a new one) so requests run concurrently against the backend. It keeps reading while earlier requests are
-//!   in flight, up to a per-connection bound (requests and bytes); at the
-//!   bound it stops reading until some complete.
+//!   (or a new one) so requests run concurrently against the backend. It
+//!   keeps reading while earlier requests are in flight, up to a
+//!   per-connection bound (requests and bytes); at the bound it stops
+//!   reading until some complete.
 //! * **Request workers** — a pool of local tasks (grown when a request
 //!   finds them all busy, so no task is allocated per request) that each
 //!   take the next request, call the [`ExportBackend`], encode the reply
