@@ -663,7 +663,7 @@ fn reactor_main(
             backoff.busy();
         } else {
             st.idle_iters += 1;
-            match backoff.idle() {
+            match backoff.idle(rt.ring.device_inflight() > 0) {
                 Idle::Sleep => {
                     let quiet = rt.prepare_sleep(|| {
                         !me.inboxes_empty()

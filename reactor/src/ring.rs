@@ -97,6 +97,8 @@ pub struct RingStats {
     /// Operations currently owned by the kernel (SQE queued or in flight),
     /// not counting the runtime's eventfd read.
     pub inflight: u64,
+    /// Of those, storage I/O (see [`Ring::device_inflight`]).
+    pub device_inflight: u64,
 }
 
 /// Largest header [`crate::net::UringStream::send_with_header`] copies inline.
@@ -173,6 +175,8 @@ struct Slot {
     on_drop: OnDrop,
     res: i32,
     flags: u32,
+    /// Storage I/O (counted in `Slab::device_owned`).
+    device: bool,
     waker: Option<Waker>,
     data: OpData,
 }
@@ -185,6 +189,7 @@ impl Slot {
             on_drop: OnDrop::Wait,
             res: 0,
             flags: 0,
+            device: false,
             waker: None,
             data: OpData {
                 buf: None,
@@ -205,6 +210,9 @@ struct Slab {
     free: Vec<u32>,
     /// Slots in state Pending, Orphaned or EventFd.
     kernel_owned: usize,
+    /// Of those, storage I/O: reads, writes and flushes on files and block
+    /// devices, which complete on their own within a device latency.
+    device_owned: usize,
 }
 
 impl Slab {
@@ -213,6 +221,7 @@ impl Slab {
             chunks: Vec::new(),
             free: Vec::new(),
             kernel_owned: 0,
+            device_owned: 0,
         };
         while s.chunks.len() * CHUNK < initial {
             s.grow();
@@ -257,6 +266,7 @@ impl Slab {
         // A recycled slot must not inherit the last op's drop action (a
         // stale CancelCloseFd would close whatever fd a later op returns).
         slot.on_drop = OnDrop::Wait;
+        slot.device = false;
         let buf = slot.data.buf.take();
         self.free.push(idx);
         buf
@@ -348,6 +358,7 @@ impl Ring {
         let inner = self.inner.borrow();
         let mut s = inner.stats;
         s.inflight = inner.user_inflight() as u64;
+        s.device_inflight = inner.slab.device_owned as u64;
         s
     }
 
@@ -355,6 +366,13 @@ impl Ring {
     /// the runtime's own eventfd read.
     pub fn inflight(&self) -> usize {
         self.inner.borrow().user_inflight()
+    }
+
+    /// Storage I/O the kernel still owns (see [`Op::start_device`]): when
+    /// non-zero a completion is due within a device latency, so the reactor
+    /// keeps polling rather than sleeping (see `IdlePolicy::device_poll`).
+    pub fn device_inflight(&self) -> usize {
+        self.inner.borrow().slab.device_owned
     }
 
     fn kernel_owned(&self) -> usize {
@@ -431,15 +449,19 @@ impl Ring {
                         if let Some(w) = slot.waker.take() {
                             wakers.push(w);
                         }
+                        let device = slot.device as usize;
                         inner.slab.kernel_owned -= 1;
+                        inner.slab.device_owned -= device;
                     }
                     State::Orphaned => {
                         // The kernel is done with the buffers: free them now.
                         inner.slab.kernel_owned -= 1;
                         let slot = inner.slab.get(idx);
+                        let device = slot.device as usize;
                         if slot.on_drop == OnDrop::CancelCloseFd && cqe.result() >= 0 {
                             close_orphan_fd(cqe.result());
                         }
+                        inner.slab.device_owned -= device;
                         drop(inner.slab.release(idx));
                     }
                     State::EventFd => {
@@ -519,6 +541,7 @@ impl Ring {
     pub(crate) unsafe fn start(
         &self,
         on_drop: OnDrop,
+        device: bool,
         buf: Option<AlignedBuf>,
         prep: impl FnOnce(&mut OpData) -> squeue::Entry,
     ) -> u64 {
@@ -529,10 +552,12 @@ impl Ring {
         slot.gen = slot.gen.wrapping_add(1);
         slot.state = State::Pending;
         slot.on_drop = on_drop;
+        slot.device = device;
         slot.data.buf = buf;
         let key = make_key(idx, slot.gen);
         let sqe = prep(&mut slot.data).user_data(key);
         inner.slab.kernel_owned += 1;
+        inner.slab.device_owned += device as usize;
         inner.stats.ops_started += 1;
         inner.push_sqe(sqe);
         key
@@ -637,6 +662,7 @@ impl Ring {
                 std::mem::forget(chunks);
                 inner.slab.free.clear();
                 inner.slab.kernel_owned = 0;
+                inner.slab.device_owned = 0;
                 return false;
             }
             self.wait(Some(Duration::from_millis(20)));
@@ -812,6 +838,30 @@ impl Op {
         buf: Option<AlignedBuf>,
         prep: impl FnOnce(&mut OpData) -> squeue::Entry,
     ) -> Result<Op, Option<AlignedBuf>> {
+        // SAFETY: forwarded from our caller.
+        unsafe { Self::start_as(on_drop, false, buf, prep) }
+    }
+
+    /// Start storage I/O (a read, write or flush on a file or block device):
+    /// like [`Op::start`] with [`OnDrop::Wait`], and counted in
+    /// [`Ring::device_inflight`] until its CQE.
+    ///
+    /// # Safety
+    /// As [`Ring::start`].
+    pub(crate) unsafe fn start_device(
+        buf: Option<AlignedBuf>,
+        prep: impl FnOnce(&mut OpData) -> squeue::Entry,
+    ) -> Result<Op, Option<AlignedBuf>> {
+        // SAFETY: forwarded from our caller.
+        unsafe { Self::start_as(OnDrop::Wait, true, buf, prep) }
+    }
+
+    unsafe fn start_as(
+        on_drop: OnDrop,
+        device: bool,
+        buf: Option<AlignedBuf>,
+        prep: impl FnOnce(&mut OpData) -> squeue::Entry,
+    ) -> Result<Op, Option<AlignedBuf>> {
         let mut bufs = Some((buf, prep));
         let key = with_ring(|r| {
             if r.inner.borrow().shut {
@@ -819,7 +869,7 @@ impl Op {
             }
             let (b, p) = bufs.take().expect("once");
             // SAFETY: forwarded from our caller.
-            Some(unsafe { r.start(on_drop, b, p) })
+            Some(unsafe { r.start(on_drop, device, b, p) })
         })
         .flatten();
         match key {

@@ -27,7 +27,7 @@ use sluice_engine::dev::{BlockDev, BufResult};
 use sluice_engine::{AlignedBuf, BLOCK_SIZE};
 
 use crate::error::no_ring;
-use crate::ring::{self, OnDrop, Op};
+use crate::ring::{self, Op};
 
 /// One op never transfers more than this (the kernel caps a single
 /// read/write below 2 GiB anyway); longer buffers take several ops.
@@ -162,7 +162,7 @@ async fn rw(fd: RawFd, mut buf: AlignedBuf, offset: u64, dir: Dir) -> BufResult 
         // SAFETY: the SQE points at bytes [done, done + n) of the buffer
         // that moves into the op's slot, within its length.
         let op = unsafe {
-            Op::start(OnDrop::Wait, Some(buf), |d| {
+            Op::start_device(Some(buf), |d| {
                 let b = d.buf.as_mut().expect("buffer in slot");
                 let p = b.as_mut_ptr().add(done);
                 match dir {
@@ -233,7 +233,7 @@ impl BlockDev for UringDev {
         let fd = self.fd();
         // SAFETY: fsync carries no pointers.
         let op = unsafe {
-            Op::start(OnDrop::Wait, None, |_| {
+            Op::start_device(None, |_| {
                 opcode::Fsync::new(types::Fd(fd))
                     .flags(types::FsyncFlags::DATASYNC)
                     .build()

@@ -340,3 +340,41 @@ fn nested_block_on_panics() {
         block_on(async {});
     });
 }
+
+/// Storage I/O is counted as device work (the reactor polls rather than
+/// sleeps while it is in flight); timers are not, and the count returns to
+/// zero at each completion.
+#[test]
+fn device_inflight_counts_storage_io_only() {
+    const SIZE: u64 = 1 << 20;
+    let f = TmpFile::new("devinflight", SIZE, |b, blk| stamp(b, 0, blk));
+    let dev = Rc::new(UringDev::open(f.path()).unwrap());
+    block_on(async {
+        let device = || current_stats().unwrap().device_inflight;
+        assert_eq!(device(), 0);
+        let timer = spawn_local(sleep(Duration::from_millis(50)));
+        yield_now().await;
+        let s = current_stats().unwrap();
+        assert!(s.inflight >= 1, "the timer is in flight: {s:?}");
+        assert_eq!(s.device_inflight, 0, "a timer is not device I/O");
+        let reads: Vec<_> = (0..4u64)
+            .map(|i| {
+                let dev = dev.clone();
+                spawn_local(async move { dev.read_at(AlignedBuf::zeroed(4096), i * 4096).await })
+            })
+            .collect();
+        yield_now().await;
+        assert_eq!(device(), 4, "four reads started");
+        for (i, r) in reads.into_iter().enumerate() {
+            let (b, r) = r.await;
+            r.unwrap();
+            let mut want = vec![0u8; 4096];
+            stamp(i as u64, 0, &mut want);
+            assert!(b[..] == want[..]);
+        }
+        assert_eq!(device(), 0, "all reads completed");
+        dev.flush().await.unwrap();
+        assert_eq!(device(), 0);
+        timer.await.unwrap();
+    });
+}
