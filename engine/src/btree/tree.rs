@@ -193,7 +193,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
                 L::<O>::write_rec(&mut s.node.borrow_mut(), i, &rec);
                 self.target.mark_dirty(s.blk);
                 if !hold {
-                    self.fix_keys(&path, leaf, None);
+                    self.fix_keys(&path, leaf, KeyChange::Rescan);
                 }
                 Ok(Some(old))
             }
@@ -252,8 +252,12 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
                 self.target.mark_dirty(s.blk);
                 if !hold {
                     // A leaf only gained a record; a split level is rescanned.
-                    let added = (l == path.len() - 1).then_some(&added_high);
-                    self.fix_keys(&path, l, added);
+                    let change = if l == path.len() - 1 {
+                        KeyChange::Added(&added_high)
+                    } else {
+                        KeyChange::Rescan
+                    };
+                    self.fix_keys(&path, l, change);
                 }
                 return Ok(());
             }
@@ -332,7 +336,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         let mut sibs = self.prepare_rebalance(&mut path).await?;
         L::<O>::remove_slot(&mut path[leaf].node.borrow_mut(), pos);
         self.target.mark_dirty(path[leaf].blk);
-        self.rebalance(&path, &mut sibs, hold);
+        self.rebalance(&path, &mut sibs, hold, &O::high_key(&old));
         self.collapse_root(&path[0]);
         Ok(Some(old))
     }
@@ -386,21 +390,31 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
 
     /// Bottom-up after a removal: merge or even out underfull nodes with the
     /// siblings `prepare_rebalance` readied, then fix keys above.
-    /// `leaf_hold`: the removal left the leaf's keys as its parent has them.
-    fn rebalance(&self, path: &[Step], sibs: &mut [Option<Sibling>], leaf_hold: bool) {
+    /// `leaf_hold`: the removal left the leaf's keys as its parent has them;
+    /// `removed_high`: the high key of the record removed.
+    fn rebalance(
+        &self,
+        path: &[Step],
+        sibs: &mut [Option<Sibling>],
+        leaf_hold: bool,
+        removed_high: &O::Key,
+    ) {
         for l in (1..path.len()).rev() {
             let (level, n) = {
                 let nb = path[l].node.borrow();
                 (nb.level(), nb.nrecs())
             };
             if n >= L::<O>::min_slots(level) {
-                if leaf_hold && l == path.len() - 1 {
+                if l < path.len() - 1 {
+                    return self.fix_keys(path, l, KeyChange::Rescan);
+                }
+                if leaf_hold {
                     return;
                 }
-                return self.fix_keys(path, l, None);
+                return self.fix_keys(path, l, KeyChange::Removed(removed_high));
             }
             let Some(sib) = sibs[l].take() else {
-                return self.fix_keys(path, l, None);
+                return self.fix_keys(path, l, KeyChange::Rescan);
             };
             let p = &path[l - 1];
             let me = (path[l].blk, path[l].node.clone());
@@ -443,7 +457,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
                 self.target.free(rb);
             } else {
                 self.target.mark_dirty(rb);
-                return self.fix_keys(path, l - 1, None);
+                return self.fix_keys(path, l - 1, KeyChange::Rescan);
             }
         }
     }
@@ -533,29 +547,43 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
     /// Propagate node `l`'s low/high keys into its ancestors until one
     /// already has them.
     ///
-    /// `added_high`: only records were added to node `l` (no removal), the
-    /// highest of them ending there. A node's new high key is then the
-    /// larger of the one its parent holds and that, so no node is
-    /// rescanned; appending to an interval tree (the rmap as data is
-    /// written) otherwise rescans the rightmost node at every level on
-    /// every insert (21 % of CPU for 128 KiB writes to a 4 KiB-chunk
-    /// volume).
-    fn fix_keys(&self, path: &[Step], mut l: usize, added_high: Option<&O::Key>) {
+    /// `change` says what happened to node `l`, so an interval tree's high
+    /// key can often be derived instead of rescanning every record:
+    /// appending to the rmap as data is written otherwise rescans the
+    /// rightmost node at every level on every insert (21 % of CPU for
+    /// 128 KiB writes to a 4 KiB-chunk volume), and freeing the oldest
+    /// blocks of a sequential overwrite rescans the leftmost leaf on every
+    /// removal.
+    fn fix_keys(&self, path: &[Step], mut l: usize, change: KeyChange<'_, O::Key>) {
         while l > 0 {
             let p = &path[l - 1];
             let keys = {
                 let n = path[l].node.borrow();
-                match added_high {
-                    None => L::<O>::node_keys(&n),
-                    Some(h) => (n.nrecs() > 0).then(|| {
-                        let low = L::<O>::key_at(&n, 0);
-                        let high = if O::OVERLAPPING {
-                            L::<O>::high(&p.node.borrow(), p.idx).max(*h)
-                        } else {
-                            low
-                        };
-                        NodeKeys { low, high }
-                    }),
+                // Node `l`'s new high key from the one its parent holds,
+                // where `change` allows that without a rescan.
+                let derived = || {
+                    let held = L::<O>::high(&p.node.borrow(), p.idx);
+                    match change {
+                        KeyChange::Rescan => None,
+                        // The new high is the larger of the old and the added.
+                        KeyChange::Added(h) => Some(held.max(*h)),
+                        // Something else still ends at the old high.
+                        KeyChange::Removed(h) => (*h < held).then_some(held),
+                    }
+                };
+                if n.nrecs() == 0 {
+                    None
+                } else if !O::OVERLAPPING {
+                    let low = L::<O>::key_at(&n, 0);
+                    Some(NodeKeys { low, high: low })
+                } else {
+                    match derived() {
+                        Some(high) => Some(NodeKeys {
+                            low: L::<O>::key_at(&n, 0),
+                            high,
+                        }),
+                        None => L::<O>::node_keys(&n),
+                    }
                 }
             };
             let Some(keys) = keys else {
@@ -573,4 +601,15 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
             l -= 1;
         }
     }
+}
+
+/// What happened to a node whose keys [`Btree::fix_keys`] propagates.
+#[derive(Clone, Copy)]
+enum KeyChange<'a, K> {
+    /// Anything (splits, merges, replaced records): recompute from the node.
+    Rescan,
+    /// Only records were added, the highest of them ending at this key.
+    Added(&'a K),
+    /// Only one record was removed; it ended at this key.
+    Removed(&'a K),
 }
