@@ -1,6 +1,7 @@
 //! UringDev and the ring's owned-buffer rule, on real O_DIRECT files.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -357,13 +358,24 @@ fn device_inflight_counts_storage_io_only() {
         let s = current_stats().unwrap();
         assert!(s.inflight >= 1, "the timer is in flight: {s:?}");
         assert_eq!(s.device_inflight, 0, "a timer is not device I/O");
-        let reads: Vec<_> = (0..4u64)
+        let mut reads: Vec<_> = (0..4u64)
             .map(|i| {
                 let dev = dev.clone();
-                spawn_local(async move { dev.read_at(AlignedBuf::zeroed(4096), i * 4096).await })
+                Box::pin(async move { dev.read_at(AlignedBuf::zeroed(4096), i * 4096).await })
             })
             .collect();
-        yield_now().await;
+        // Start all four without letting the runtime turn: a turn submits
+        // them and may reap a fast one before we look.
+        std::future::poll_fn(|cx| {
+            for r in reads.iter_mut() {
+                assert!(
+                    r.as_mut().poll(cx).is_pending(),
+                    "a read finished unsubmitted"
+                );
+            }
+            std::task::Poll::Ready(())
+        })
+        .await;
         assert_eq!(device(), 4, "four reads started");
         for (i, r) in reads.into_iter().enumerate() {
             let (b, r) = r.await;
