@@ -37,7 +37,8 @@ unsafe impl Sync for AlignedBuf {}
 
 /// Largest recycled capacity.
 const MAX_CLASS_SHIFT: u32 = 20;
-const NCLASS: usize = (MAX_CLASS_SHIFT - 12 + 1) as usize;
+/// Number of size classes: blocks of [`class_bytes`]`(0..SIZE_CLASSES)`.
+pub const SIZE_CLASSES: usize = (MAX_CLASS_SHIFT - 12 + 1) as usize;
 /// Bytes each thread keeps per size class.
 pub const RECYCLE_BYTES: usize = 2 << 20;
 
@@ -47,7 +48,7 @@ fn class_of(cap: usize) -> Option<usize> {
         .then(|| (cap.trailing_zeros() - 12) as usize)
 }
 
-struct FreeLists([Vec<NonNull<u8>>; NCLASS]);
+struct FreeLists([Vec<NonNull<u8>>; SIZE_CLASSES]);
 
 impl Drop for FreeLists {
     fn drop(&mut self) {
@@ -73,9 +74,6 @@ thread_local! {
 pub struct FreeBlock(NonNull<u8>);
 // SAFETY: a free block is owned by whoever holds this value, nobody else.
 unsafe impl Send for FreeBlock {}
-
-/// Number of size classes: blocks of [`class_bytes`]`(0..SIZE_CLASSES)`.
-pub const SIZE_CLASSES: usize = NCLASS;
 
 /// Bytes of a block of size class `class` (4 KiB << class).
 pub const fn class_bytes(class: usize) -> usize {

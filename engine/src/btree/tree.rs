@@ -571,19 +571,12 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
                         KeyChange::Removed(h) => (*h < held).then_some(held),
                     }
                 };
-                if n.nrecs() == 0 {
-                    None
-                } else if !O::OVERLAPPING {
-                    let low = L::<O>::key_at(&n, 0);
-                    Some(NodeKeys { low, high: low })
-                } else {
-                    match derived() {
-                        Some(high) => Some(NodeKeys {
-                            low: L::<O>::key_at(&n, 0),
-                            high,
-                        }),
-                        None => L::<O>::node_keys(&n),
-                    }
+                match (O::OVERLAPPING && n.nrecs() > 0).then(derived).flatten() {
+                    Some(high) => Some(NodeKeys {
+                        low: L::<O>::key_at(&n, 0),
+                        high,
+                    }),
+                    None => L::<O>::node_keys(&n),
                 }
             };
             let Some(keys) = keys else {
