@@ -49,7 +49,7 @@ pub enum Error {
     },
     #[error("not a sluice pool: {0}")]
     NotAPool(String),
-    #[error("pool format version {found} is newer than this build supports ({supported})")]
+    #[error("pool format version {found} is not the version this build reads ({supported}); re-create the pool")]
     UnsupportedVersion { found: u32, supported: u32 },
     #[error("no space left: {0}")]
     NoSpace(String),

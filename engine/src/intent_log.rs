@@ -10,13 +10,26 @@
 //! starts again at the same epoch and LSN, and the old pool's log blocks
 //! must not pass for the new one's.
 //! A block that was ever made durable is never rewritten.
+//!
+//! Each block is written twice (the log region holds two mirrors of the
+//! ring) and carries the first LSN of the write it was part of
+//! (`batch_lsn`): every block before that LSN was durable when it was
+//! written. So at replay a position where neither copy is valid is the end
+//! of the log only if no valid block after it has a `batch_lsn` beyond it
+//! (a torn last write); otherwise durable records are missing, and replay
+//! fails naming the block instead of stopping there.
 
 use crate::buf::BLOCK_SIZE;
 use crate::codec::*;
 use crate::error::{Error, Result, Structure};
 
 const LOG_MAGIC: u32 = 0x474c_4c53; // "SLLG"
-pub const LOG_HDR: usize = 40;
+pub const LOG_HDR: usize = 48;
+/// Byte offset of the block crc.
+const O_CRC: usize = 44;
+/// A log write covers at most this many blocks, so the end of the log is
+/// told from a hole in its middle by reading this far past it.
+pub const MAX_BATCH_BLOCKS: u64 = 32;
 
 /// Where a chunk's bytes are stored, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,14 +158,16 @@ pub struct LogBlockHeader {
     pub nrec: u16,
     pub used: u16,
     pub first_seq: u64,
+    /// First LSN of the log write this block was part of.
+    pub batch_lsn: u64,
 }
 
 /// crc of a log block (crc field as zeros), seeded with the pool UUID.
 fn block_crc(pool: &[u8; 16], b: &[u8]) -> u32 {
-    crc_with_hole_from(crc32c::crc32c(pool), &b[..BLOCK_SIZE], 36)
+    crc_with_hole_from(crc32c::crc32c(pool), &b[..BLOCK_SIZE], O_CRC)
 }
 
-/// Build a log block from already-encoded records (`payload` <= 4056 bytes)
+/// Build a log block from already-encoded records (`payload` <= 4048 bytes)
 /// for the pool with UUID `pool`.
 pub fn encode_block(pool: &[u8; 16], h: &LogBlockHeader, payload: &[u8], out: &mut [u8]) {
     debug_assert!(payload.len() <= BLOCK_SIZE - LOG_HDR);
@@ -164,16 +179,18 @@ pub fn encode_block(pool: &[u8; 16], h: &LogBlockHeader, payload: &[u8], out: &m
     put_u16(out, 24, h.nrec);
     put_u16(out, 26, payload.len() as u16);
     put_u64(out, 28, h.first_seq);
+    put_u64(out, 36, h.batch_lsn);
     out[LOG_HDR..LOG_HDR + payload.len()].copy_from_slice(payload);
     let crc = block_crc(pool, out);
-    put_u32(out, 36, crc);
+    put_u32(out, O_CRC, crc);
 }
 
 /// Outcome of reading the log block expected at some LSN.
 #[derive(Debug)]
 pub enum BlockRead {
-    /// The end of the log: not a block of this zone/epoch/LSN (stale, torn,
-    /// never written). Replay stops here.
+    /// Not a block of this zone/epoch/LSN (stale, torn, never written, or
+    /// damaged): the end of the log if the other copy is no better and no
+    /// later block says otherwise.
     End,
     Valid(LogBlockHeader, Vec<(u64, Record)>),
 }
@@ -193,7 +210,7 @@ pub fn decode_block(
 ) -> Result<BlockRead> {
     if b.len() < BLOCK_SIZE
         || get_u32(b, 0) != LOG_MAGIC
-        || get_u32(b, 36) != block_crc(pool, b)
+        || get_u32(b, O_CRC) != block_crc(pool, b)
         || get_u32(b, 4) != zone
         || get_u64(b, 8) != epoch
         || get_u64(b, 16) != lsn
@@ -207,7 +224,18 @@ pub fn decode_block(
         nrec: get_u16(b, 24),
         used: get_u16(b, 26),
         first_seq: get_u64(b, 28),
+        batch_lsn: get_u64(b, 36),
     };
+    if h.batch_lsn > lsn {
+        return Err(Error::corrupt(
+            Structure::LogBlock,
+            block,
+            format!(
+                "write start {} after the block's own LSN {lsn}",
+                h.batch_lsn
+            ),
+        ));
+    }
     if h.used as usize > BLOCK_SIZE - LOG_HDR {
         return Err(Error::corrupt(
             Structure::LogBlock,
@@ -278,6 +306,7 @@ mod tests {
             nrec: 3,
             used: 0,
             first_seq: 10,
+            batch_lsn: 75,
         };
         let mut b = vec![0u8; BLOCK_SIZE];
         encode_block(&P, &h, &payload, &mut b);
@@ -322,7 +351,7 @@ mod tests {
             put_u64(&mut b, 16, 1);
             put_u16(&mut b, 26, rng.gen_range(0..5000));
             let crc = block_crc(&P, &b);
-            put_u32(&mut b, 36, crc);
+            put_u32(&mut b, O_CRC, crc);
             let _ = decode_block(&P, &b, 0, 1, 1, 1);
             let _ = Record::decode(&b[rng.gen_range(0..4000)..], 0);
         }

@@ -6,14 +6,14 @@ use crate::buf::{AlignedBuf, BLOCK_SIZE};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::format::catalog::validate_name;
-use crate::format::header::FORMAT_VERSION;
+use crate::format::header::{FORMAT_VERSION, HEADER_BACKUP_BLK};
 use crate::format::{Catalog, Compression, Geometry, PoolHeader, VolumeEntry};
 use crate::sync::LocalMutex;
 use crate::volume::{chunk_shift_for, SECTOR};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// The pool header plus the crash-safe catalog (two copies, A/B).
+/// The pool header plus the crash-safe catalog (each kept twice).
 pub struct PoolMeta<D: BlockDev> {
     pub header: PoolHeader,
     dev: Rc<D>,
@@ -30,7 +30,7 @@ impl<D: BlockDev> PoolMeta<D> {
         self.catalog.borrow().clone()
     }
 
-    /// Write a new pool header and an empty catalog.
+    /// Write a new pool header (and its backup) and an empty catalog.
     pub async fn format(dev: Rc<D>, zone_size: u64, uuid: [u8; 16]) -> Result<Self> {
         let bs = BLOCK_SIZE as u64;
         if !zone_size.is_multiple_of(bs) || zone_size / bs > u32::MAX as u64 {
@@ -48,9 +48,11 @@ impl<D: BlockDev> PoolMeta<D> {
             geo,
             created_unix,
         };
-        // Clear both catalog copies, then write generation 1.
-        let cat_len = 2 * header.geo.catalog_blocks as usize * BLOCK_SIZE;
-        let off = header.geo.catalog_start * bs;
+        // Clear both catalog copies and the backup header, then write
+        // generation 1 to both copies.
+        let g = &header.geo;
+        let cat_len = (g.header_backup_blk() + 1 - g.catalog_start) as usize * BLOCK_SIZE;
+        let off = g.catalog_start * bs;
         let (_b, r) = dev.write_at(AlignedBuf::zeroed(cat_len), off).await;
         r.map_err(|e| Error::io("format", off, e))?;
         let meta = PoolMeta {
@@ -65,70 +67,129 @@ impl<D: BlockDev> PoolMeta<D> {
         };
         let cat = meta.catalog();
         meta.write_catalog(cat).await?;
-        let (_b, r) = dev
-            .write_at(AlignedBuf::from_slice(&meta.header.encode()), 0)
-            .await;
-        r.map_err(|e| Error::io("header write", 0, e))?;
+        let hdr = meta.header.encode();
+        for blk in [meta.header.geo.header_backup_blk(), 0] {
+            meta.write_block(&hdr, blk, "header write").await?;
+        }
         dev.flush().await.map_err(|e| Error::io("flush", 0, e))?;
         Ok(meta)
     }
 
-    /// Read and validate the header and the newest valid catalog copy.
+    /// Read and validate the header and the catalog. Each is kept twice: a
+    /// bad copy is rewritten from the good one (one bad block loses
+    /// nothing); both bad is an error naming the structure and block.
     pub async fn open(dev: Rc<D>) -> Result<Self> {
         let bs = BLOCK_SIZE as u64;
         if dev.size() < bs {
             return Err(Error::NotAPool("device is smaller than one block".into()));
         }
-        let (b, r) = dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), 0).await;
-        r.map_err(|e| Error::io("header read", 0, e))?;
-        let header = PoolHeader::decode(&b, dev.size() / bs)?;
+        let header = Self::read_header(&dev).await?;
         let g = &header.geo;
         let copy = g.catalog_blocks as usize * BLOCK_SIZE;
         let off = g.catalog_start * bs;
         let (b, r) = dev.read_at(AlignedBuf::zeroed(2 * copy), off).await;
         r.map_err(|e| Error::io("catalog read", off, e))?;
-        let mut best: Option<Catalog> = None;
-        let mut err = None;
+        let mut copies = Vec::with_capacity(2);
         for slot in 0..2usize {
             let blk = g.catalog_start + (slot * g.catalog_blocks as usize) as u64;
-            match Catalog::decode(&b[slot * copy..(slot + 1) * copy], blk) {
-                Ok(c) if (c.generation % 2) as usize == slot => {
-                    if best.as_ref().is_none_or(|x| c.generation > x.generation) {
-                        best = Some(c);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    err.get_or_insert(e);
-                }
-            }
+            copies.push(Catalog::decode(&b[slot * copy..(slot + 1) * copy], blk));
         }
-        let catalog = match (best, err) {
-            (Some(c), _) => c,
-            (None, Some(e)) => return Err(e),
-            (None, None) => return Err(Error::NotAPool("no volume catalog".into())),
+        let best = copies
+            .iter()
+            .filter_map(|c| c.as_ref().ok())
+            .max_by_key(|c| c.generation)
+            .cloned();
+        let Some(catalog) = best else {
+            // Both copies bad: name the first (a never-written catalog is
+            // no pool at all).
+            let e = copies.into_iter().find_map(|c| c.err());
+            return Err(e.unwrap_or_else(|| Error::NotAPool("no volume catalog".into())));
         };
-        Ok(PoolMeta {
+        let stale: Vec<usize> = (0..2)
+            .filter(|&i| !matches!(&copies[i], Ok(c) if *c == catalog))
+            .collect();
+        let meta = PoolMeta {
             header,
             dev,
             catalog: RefCell::new(catalog),
             lock: LocalMutex::default(),
-        })
+        };
+        if !stale.is_empty() {
+            // An update cut short by a crash, or a bad block: both copies
+            // carry the newest generation again before anything else runs.
+            let bytes = meta.catalog().encode(meta.header.geo.catalog_blocks)?;
+            for i in stale {
+                meta.write_catalog_copy(&bytes, i as u64).await?;
+            }
+        }
+        Ok(meta)
     }
 
-    /// Durably replace the catalog (write the other copy, then flush).
-    async fn write_catalog(&self, mut cat: Catalog) -> Result<()> {
+    /// The pool header from block 0, or from its backup when block 0 is bad
+    /// (the bad copy is rewritten).
+    async fn read_header(dev: &Rc<D>) -> Result<PoolHeader> {
+        let bs = BLOCK_SIZE as u64;
+        let dev_blocks = dev.size() / bs;
+        let backup = HEADER_BACKUP_BLK;
+        let mut found = Vec::with_capacity(2);
+        for blk in [0, backup] {
+            if blk >= dev_blocks {
+                found.push(Err(Error::NotAPool("device is too small".into())));
+                continue;
+            }
+            let (b, r) = dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), blk * bs).await;
+            r.map_err(|e| Error::io("header read", blk * bs, e))?;
+            found.push(PoolHeader::decode_at(&b, blk, dev_blocks).map(|h| (h, b)));
+        }
+        let good = found.iter().find_map(|h| h.as_ref().ok()).cloned();
+        let Some((header, bytes)) = good else {
+            let mut errs = found.into_iter().filter_map(|h| h.err());
+            let first = errs.next();
+            let second = errs.next();
+            // A zeroed block 0 next to a damaged backup is a damaged pool, not
+            // "not a pool"; a version error says more than either.
+            return Err(match (first, second) {
+                (Some(e @ Error::UnsupportedVersion { .. }), _)
+                | (_, Some(e @ Error::UnsupportedVersion { .. })) => e,
+                (Some(Error::NotAPool(_)), Some(e @ Error::Corrupt { .. })) => e,
+                (Some(e), _) => e,
+                (None, _) => Error::NotAPool("no pool header".into()),
+            });
+        };
+        for (i, blk) in [0, backup].into_iter().enumerate() {
+            if !matches!(&found[i], Ok((_, b)) if b[..] == bytes[..]) {
+                let (_b, r) = dev.write_at(bytes.clone(), blk * bs).await;
+                r.map_err(|e| Error::io("header repair", blk * bs, e))?;
+                dev.flush().await.map_err(|e| Error::io("flush", 0, e))?;
+            }
+        }
+        Ok(header)
+    }
+
+    async fn write_block(&self, bytes: &[u8], blk: u64, what: &'static str) -> Result<()> {
+        let off = blk * BLOCK_SIZE as u64;
+        let (_b, r) = self.dev.write_at(AlignedBuf::from_slice(bytes), off).await;
+        r.map_err(|e| Error::io(what, off, e))
+    }
+
+    /// Write catalog copy `i` (0 or 1) and flush.
+    async fn write_catalog_copy(&self, bytes: &[u8], i: u64) -> Result<()> {
         let g = &self.header.geo;
+        let blk = g.catalog_start + i * g.catalog_blocks as u64;
+        self.write_block(bytes, blk, "catalog write").await?;
+        self.dev.flush().await.map_err(|e| Error::io("flush", 0, e))
+    }
+
+    /// Durably replace the catalog: copy A, flush, copy B, flush. A crash
+    /// between leaves one copy of each generation (open takes the newer and
+    /// rewrites the other); afterwards both carry the newest, so one bad
+    /// copy never falls back to an older catalog.
+    async fn write_catalog(&self, mut cat: Catalog) -> Result<()> {
         cat.generation += 1;
-        let bytes = cat.encode(g.catalog_blocks)?;
-        let slot = cat.generation % 2;
-        let off = (g.catalog_start + slot * g.catalog_blocks as u64) * BLOCK_SIZE as u64;
-        let (_b, r) = self.dev.write_at(AlignedBuf::from_slice(&bytes), off).await;
-        r.map_err(|e| Error::io("catalog write", off, e))?;
-        self.dev
-            .flush()
-            .await
-            .map_err(|e| Error::io("flush", 0, e))?;
+        let bytes = cat.encode(self.header.geo.catalog_blocks)?;
+        for i in 0..2 {
+            self.write_catalog_copy(&bytes, i).await?;
+        }
         *self.catalog.borrow_mut() = cat;
         Ok(())
     }

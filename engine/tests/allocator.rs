@@ -69,7 +69,8 @@ fn overwrites_stay_below_the_high_water_mark() {
         "block {} written above the mark {hwm}",
         touched - 1
     );
-    assert!(block_on(pool.check(true)).unwrap().is_empty());
+    let probs = block_on(pool.check(true)).unwrap();
+    assert!(probs.is_empty(), "{probs:#?}");
 }
 
 /// A wide write is stored as one run: one allocation, the chunks' extents
@@ -123,7 +124,8 @@ fn a_wide_write_is_one_run_of_blocks() {
         block_on(pool.read(&v, 2 * cs, &mut back)).unwrap();
         assert!(back == data, "{comp:?}: read back differs");
         block_on(pool.flush()).unwrap();
-        assert!(block_on(pool.check(true)).unwrap().is_empty());
+        let probs = block_on(pool.check(true)).unwrap();
+        assert!(probs.is_empty(), "{probs:#?}");
     }
 }
 
@@ -169,5 +171,6 @@ fn wide_writes_into_a_fragmented_zone_stay_below_the_mark() {
     block_on(pool.read(&v, 0, &mut back)).unwrap();
     assert!(back == all, "read back differs");
     block_on(pool.flush()).unwrap();
-    assert!(block_on(pool.check(true)).unwrap().is_empty());
+    let probs = block_on(pool.check(true)).unwrap();
+    assert!(probs.is_empty(), "{probs:#?}");
 }

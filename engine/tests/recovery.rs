@@ -20,18 +20,73 @@ fn data(tag: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Non-zero blocks of zone `z`'s log area in `img`, as positions.
+/// Non-zero blocks of zone `z`'s log ring (copy 0) in `img`, as positions.
 fn log_positions(pool_geo: &sluice_engine::format::Geometry, z: u32, img: &[u8]) -> Vec<u32> {
     (0..pool_geo.log_blocks)
         .filter(|&p| {
-            let o = (pool_geo.abs(z, pool_geo.log_start + p) as usize) * BLOCK_SIZE;
+            let o = (pool_geo.abs(z, pool_geo.log_rel(0, p)) as usize) * BLOCK_SIZE;
             img[o..o + BLOCK_SIZE].iter().any(|&b| b != 0)
         })
         .collect()
 }
 
+/// Zero log ring position `pos` of zone `z` in the given copies.
+fn zero_log(
+    geo: &sluice_engine::format::Geometry,
+    z: u32,
+    pos: u32,
+    copies: &[u32],
+    img: &mut [u8],
+) {
+    for &c in copies {
+        let o = (geo.abs(z, geo.log_rel(c, pos)) as usize) * BLOCK_SIZE;
+        img[o..o + BLOCK_SIZE].fill(0);
+    }
+}
+
+/// A volume of 4 KiB chunks all homed in one zone, `n` chunks written with
+/// `tag`'s data and flushed once: one log write of several blocks.
+fn one_batch_of_records(n: usize) -> (Rc<MemDev>, Pool<MemDev>, u32) {
+    let dev = Rc::new(MemDev::new(8 << 20));
+    let pool = block_on(Pool::format(dev.clone(), &opts())).unwrap();
+    let v = block_on(pool.create_volume("v", 1 << 20, 4096, Compression::None)).unwrap();
+    let z = v.zone_of(0, pool.geometry().nzones);
+    for c in 0..n {
+        block_on(pool.write(&v, c as u64 * 4096, &data(c as u8 | 1, 4096))).unwrap();
+    }
+    block_on(pool.flush()).unwrap();
+    (dev, pool, z)
+}
+
 #[test]
-fn stale_log_block_after_a_gap_is_never_replayed() {
+fn one_bad_log_copy_loses_nothing() {
+    // 200 records of 38 bytes: two log blocks, both copies.
+    let (dev, pool, z) = one_batch_of_records(200);
+    let geo = pool.geometry().clone();
+    let img0 = dev.image();
+    let pos = log_positions(&geo, z, &img0);
+    assert_eq!(pos.len(), 2, "{pos:?}");
+    drop(pool);
+    for (p, copy) in [(pos[0], 0), (pos[1], 0), (pos[0], 1), (pos[1], 1)] {
+        let mut img = img0.clone();
+        zero_log(&geo, z, p, &[copy], &mut img);
+        let pool = block_on(Pool::open(Rc::new(MemDev::from_image(img)), &opts())).unwrap();
+        let v = pool.volume("v").unwrap();
+        let mut buf = vec![0u8; 200 * 4096];
+        block_on(pool.read(&v, 0, &mut buf)).unwrap();
+        for c in 0..200 {
+            assert_eq!(
+                &buf[c * 4096..(c + 1) * 4096],
+                &data(c as u8 | 1, 4096)[..],
+                "chunk {c} after zeroing copy {copy} of log position {p}"
+            );
+        }
+        assert!(block_on(pool.check(true)).unwrap().is_empty());
+    }
+}
+
+#[test]
+fn a_hole_in_the_middle_of_the_log_is_an_error_not_its_end() {
     let dev = Rc::new(MemDev::new(8 << 20));
     let pool = block_on(Pool::format(dev.clone(), &opts())).unwrap();
     let v = block_on(pool.create_volume("v", 1 << 20, 65536, Compression::None)).unwrap();
@@ -44,37 +99,61 @@ fn stale_log_block_after_a_gap_is_never_replayed() {
     let mut img = dev.image();
     let pos = log_positions(&geo, z, &img);
     assert_eq!(pos.len(), 2, "two log writes, two blocks: {pos:?}");
-    // Block k is lost, block k+1 survived (a torn log write).
-    let o = (geo.abs(z, geo.log_start + pos[0]) as usize) * BLOCK_SIZE;
-    img[o..o + BLOCK_SIZE].fill(0);
+    // Both copies of the first block bad, the second (a later, flushed
+    // write) intact: durable records are missing.
+    zero_log(&geo, z, pos[0], &[0, 1], &mut img);
+    drop(pool);
+    let err = block_on(Pool::open(Rc::new(MemDev::from_image(img)), &opts()))
+        .err()
+        .expect("opened over a hole in the log");
+    match err {
+        Error::Corrupt {
+            structure: Structure::LogBlock,
+            block,
+            ..
+        } => assert_eq!(block, geo.abs(z, geo.log_rel(0, pos[0]))),
+        e => panic!("wrong error: {e}"),
+    }
+}
+
+#[test]
+fn torn_last_log_write_ends_the_log_and_is_never_replayed_later() {
+    let (dev, pool, z) = one_batch_of_records(200);
+    let geo = pool.geometry().clone();
+    let mut img = dev.image();
+    let pos = log_positions(&geo, z, &img);
+    assert_eq!(pos.len(), 2, "{pos:?}");
+    // The one write of two blocks tore: its first block is lost in both
+    // copies, its second survived. That is the end of the log.
+    zero_log(&geo, z, pos[0], &[0, 1], &mut img);
     drop(pool);
 
     let dev = Rc::new(MemDev::from_image(img));
     let pool = block_on(Pool::open(dev.clone(), &opts())).unwrap();
     let v = pool.volume("v").unwrap();
-    let mut buf = vec![0u8; 131072];
+    let mut buf = vec![0u8; 200 * 4096];
     block_on(pool.read(&v, 0, &mut buf)).unwrap();
     assert!(
         buf.iter().all(|&b| b == 0),
-        "both writes were behind the gap"
+        "the torn write's records were behind the end"
     );
-    // New writes reuse the freed blocks and log block k again...
-    block_on(pool.write(&v, 2 * 65536, &data(3, 65536))).unwrap();
+    // New writes log at the same LSNs in a new epoch...
+    block_on(pool.write(&v, 0, &data(3, 4096))).unwrap();
     block_on(pool.flush()).unwrap();
     let img = dev.image();
     drop(pool);
-    // ...and after another crash the old block k+1 must not come back.
+    // ...and after another crash the old second block must not come back.
     let pool = block_on(Pool::open(Rc::new(MemDev::from_image(img)), &opts())).unwrap();
     let problems = block_on(pool.check(true)).unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     let v = pool.volume("v").unwrap();
-    let mut buf = vec![0u8; 3 * 65536];
+    let mut buf = vec![0u8; 200 * 4096];
     block_on(pool.read(&v, 0, &mut buf)).unwrap();
+    assert_eq!(&buf[..4096], &data(3, 4096)[..]);
     assert!(
-        buf[..131072].iter().all(|&b| b == 0),
+        buf[4096..].iter().all(|&b| b == 0),
         "a stale log record was replayed"
     );
-    assert_eq!(&buf[131072..], &data(3, 65536)[..]);
 }
 
 #[test]
@@ -109,29 +188,51 @@ fn superblock_slots_fall_back_and_report_corruption() {
     let geo = sluice_engine::format::PoolHeader::decode(&img[..4096], (8 << 20) / 4096)
         .unwrap()
         .geo;
-    // Flip a byte in the newer slot of zone 0: the older one is used, the log replays.
-    for slot in 0..2u32 {
+    let sb = |slot: u32, copy: u32| geo.abs(0, geo.sb_rel(slot, copy)) as usize * BLOCK_SIZE;
+    // Any one copy bad: its mirror is used, nothing is lost.
+    for (slot, copy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
         let mut im = img.clone();
-        im[geo.abs(0, slot) as usize * BLOCK_SIZE + 100] ^= 0xff;
+        im[sb(slot, copy) + 100] ^= 0xff;
         let p = block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts()));
-        let p = p.unwrap_or_else(|e| panic!("slot {slot} corrupt: open failed: {e}"));
+        let p = p.unwrap_or_else(|e| panic!("slot {slot} copy {copy} corrupt: open failed: {e}"));
         assert!(block_on(p.check(true)).unwrap().is_empty());
+        let mut buf = vec![0u8; 1 << 20];
+        block_on(p.read(&p.volume("v").unwrap(), 0, &mut buf)).unwrap();
+        assert!(
+            buf == data(4, 1 << 20),
+            "slot {slot} copy {copy}: data differs"
+        );
     }
-    // Both slots bad: a clear error naming the structure and block.
-    let mut im = img.clone();
-    for slot in 0..2u32 {
-        im[geo.abs(0, slot) as usize * BLOCK_SIZE + 100] ^= 0xff;
-    }
-    match block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts())) {
-        Err(Error::Corrupt {
-            structure: Structure::Superblock,
-            block,
-            ..
-        }) => {
-            assert!(block == geo.abs(0, 0) || block == geo.abs(0, 1))
+    // Both copies of a slot bad (flipped or zeroed), or all four: never a
+    // silent fall back to an older checkpoint, a clear error naming the
+    // structure and block.
+    let all: [&[(u32, u32)]; 3] = [
+        &[(0, 0), (0, 1)],
+        &[(1, 0), (1, 1)],
+        &[(0, 0), (0, 1), (1, 0), (1, 1)],
+    ];
+    for bad in all {
+        for zero in [false, true] {
+            let mut im = img.clone();
+            for &(slot, copy) in bad {
+                if zero {
+                    im[sb(slot, copy)..sb(slot, copy) + BLOCK_SIZE].fill(0);
+                } else {
+                    im[sb(slot, copy) + 100] ^= 0xff;
+                }
+            }
+            match block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts())) {
+                Err(Error::Corrupt {
+                    structure: Structure::Superblock,
+                    block,
+                    ..
+                }) => {
+                    assert!((geo.abs(0, 0)..geo.abs(0, 4)).contains(&block), "{block}")
+                }
+                Err(e) => panic!("{bad:?} zeroed {zero}: wrong error {e}"),
+                Ok(_) => panic!("{bad:?} zeroed {zero}: opened"),
+            }
         }
-        Err(e) => panic!("wrong error {e}"),
-        Ok(_) => panic!("opened with both superblocks corrupt"),
     }
 }
 
@@ -147,9 +248,24 @@ fn corrupt_structures_are_named() {
         .unwrap()
         .geo;
 
-    // Pool header.
+    // Pool header: one copy bad is survived (and rewritten), both is an error.
+    let backup = sluice_engine::format::header::HEADER_BACKUP_BLK as usize * BLOCK_SIZE;
+    for at in [60, backup + 60] {
+        let mut im = img.clone();
+        im[at] ^= 1;
+        let dev = Rc::new(MemDev::from_image(im));
+        let p = block_on(Pool::open(dev.clone(), &opts()))
+            .unwrap_or_else(|e| panic!("header byte {at} flipped: {e}"));
+        assert!(p.volume("v").is_ok());
+        assert_eq!(dev.image()[..4096], img[..4096], "block 0 repaired");
+        assert_eq!(
+            dev.image()[backup..backup + 4096],
+            img[backup..backup + 4096]
+        );
+    }
     let mut im = img.clone();
     im[60] ^= 1;
+    im[backup + 60] ^= 1;
     let e = block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts()))
         .err()
         .expect("must fail");
@@ -164,6 +280,23 @@ fn corrupt_structures_are_named() {
         ),
         "{e}"
     );
+    // Block 0 zeroed and the backup damaged: a damaged pool, not "no pool".
+    let mut im = img.clone();
+    im[..4096].fill(0);
+    im[backup + 60] ^= 1;
+    let e = block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts()))
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(
+            e,
+            Error::Corrupt {
+                structure: Structure::PoolHeader,
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     // Not a pool at all.
     let e = block_on(Pool::open(Rc::new(MemDev::new(8 << 20)), &opts()))
@@ -171,11 +304,25 @@ fn corrupt_structures_are_named() {
         .expect("must fail");
     assert!(matches!(e, Error::NotAPool(_)), "{e}");
 
-    // Both catalog copies.
+    // One catalog copy bad: the other (same, newest generation) is used and
+    // the bad one rewritten; both bad is an error naming the catalog.
+    let cat = |c: u64| ((geo.catalog_start + c * geo.catalog_blocks as u64) as usize) * BLOCK_SIZE;
+    for c in 0..2u64 {
+        let mut im = img.clone();
+        im[cat(c) + 40] ^= 1;
+        let dev = Rc::new(MemDev::from_image(im));
+        let p = block_on(Pool::open(dev.clone(), &opts()))
+            .unwrap_or_else(|e| panic!("catalog copy {c} bad: {e}"));
+        assert!(
+            p.volume("v").is_ok(),
+            "volume lost with catalog copy {c} bad"
+        );
+        let n = geo.catalog_blocks as usize * BLOCK_SIZE;
+        assert_eq!(dev.image()[cat(c)..cat(c) + n], img[cat(c)..cat(c) + n]);
+    }
     let mut im = img.clone();
     for c in 0..2u64 {
-        let o = ((geo.catalog_start + c * geo.catalog_blocks as u64) as usize) * BLOCK_SIZE + 40;
-        im[o] ^= 1;
+        im[cat(c) + 40] ^= 1;
     }
     let e = block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts()))
         .err()

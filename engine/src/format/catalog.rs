@@ -172,8 +172,13 @@ impl Catalog {
             }
             let compression = Compression::from_code(b[o + 25])
                 .ok_or_else(|| bad(format!("entry {i}: compression code {}", b[o + 25])))?;
+            let id = get_u32(b, o);
+            if id == 0 || id >= get_u32(b, 16) {
+                // Ids are handed out from next_id and never reused.
+                return Err(bad(format!("entry {i}: volume id {id} not below next id")));
+            }
             volumes.push(VolumeEntry {
-                id: get_u32(b, o),
+                id,
                 family: get_u32(b, o + 4),
                 parent: get_u32(b, o + 8),
                 flags: get_u32(b, o + 12),

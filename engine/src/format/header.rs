@@ -5,9 +5,17 @@ use crate::codec::*;
 use crate::error::{Error, Result, Structure};
 
 pub const POOL_MAGIC: &[u8; 8] = b"SLUICEPL";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: every metadata structure but B+tree nodes is kept twice (a
+/// backup pool header, catalog copies that both carry the newest generation,
+/// mirrored zone superblocks, bitmaps and intent log), so one bad block loses
+/// nothing. Version 1 pools are refused (no released build wrote them).
+pub const FORMAT_VERSION: u32 = 2;
 /// Blocks per catalog copy.
 pub const CATALOG_BLOCKS: u32 = 16;
+/// The backup copy of the pool header: right after the two catalog copies.
+pub const HEADER_BACKUP_BLK: u64 = 1 + 2 * CATALOG_BLOCKS as u64;
+/// Copies of each zone superblock slot, bitmap and log block.
+pub const COPIES: u32 = 2;
 
 /// Where everything is, in 4 KiB blocks. Immutable after format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +30,7 @@ pub struct Geometry {
     /// Per copy: data bitmap (all zone blocks) then meta-area bitmap.
     pub bm_blocks: u32,
     pub log_start: u32,
+    /// Blocks of the log ring; the region holds [`COPIES`] mirrors of it.
     pub log_blocks: u32,
     pub meta_start: u32,
     pub meta_blocks: u32,
@@ -38,7 +47,8 @@ impl Geometry {
             )));
         }
         let catalog_start = 1u64;
-        let zone0_start = catalog_start + 2 * CATALOG_BLOCKS as u64;
+        // The two catalog copies, then the backup pool header.
+        let zone0_start = catalog_start + 2 * CATALOG_BLOCKS as u64 + 1;
         let nzones = total_blocks.saturating_sub(zone0_start) / zone_blocks as u64;
         if nzones == 0 {
             return Err(Error::Invalid(format!(
@@ -55,8 +65,9 @@ impl Geometry {
         let log_blocks = (zone_blocks / 64).clamp(16, 4096);
         let bm_bits = zone_blocks as u64 + meta_blocks as u64;
         let bm_blocks = bm_bits.div_ceil(8 * BLOCK_SIZE as u64) as u32;
-        let log_start = 2 + 2 * bm_blocks;
-        let meta_start = log_start + log_blocks;
+        // Superblock slots A/B and their mirrors, then per slot two bitmap copies.
+        let log_start = 2 * COPIES + 2 * COPIES * bm_blocks;
+        let meta_start = log_start + COPIES * log_blocks;
         let data_start = meta_start + meta_blocks;
         if data_start + 16 > zone_blocks {
             return Err(Error::Invalid(format!(
@@ -89,6 +100,37 @@ impl Geometry {
     #[inline]
     pub fn data_blocks(&self) -> u32 {
         self.zone_blocks - self.data_start
+    }
+
+    /// Where the backup copy of the pool header lives (after the catalog).
+    pub fn header_backup_blk(&self) -> u64 {
+        HEADER_BACKUP_BLK
+    }
+
+    /// Zone-relative block of superblock `slot` (0/1), copy `copy`.
+    pub fn sb_rel(&self, slot: u32, copy: u32) -> u32 {
+        copy * 2 + slot
+    }
+
+    /// Zone-relative first block of the bitmap paired with `slot`, copy `copy`.
+    pub fn bitmap_rel(&self, slot: u32, copy: u32) -> u32 {
+        2 * COPIES + (slot * COPIES + copy) * self.bm_blocks
+    }
+
+    /// Zone-relative block of log ring position `pos`, copy `copy`.
+    pub fn log_rel(&self, copy: u32, pos: u32) -> u32 {
+        self.log_start + copy * self.log_blocks + pos
+    }
+
+    /// A zone's regions that are not data, as reverse-map special owners:
+    /// (first block, blocks, owner), zone-relative.
+    pub fn special_regions(&self) -> [(u32, u32, u64); 3] {
+        use crate::format::owner;
+        [
+            (0, self.log_start, owner::ZONE_HEADER),
+            (self.log_start, COPIES * self.log_blocks, owner::LOG),
+            (self.meta_start, self.meta_blocks, owner::METADATA),
+        ]
     }
 
     /// Blocks used by the header and catalog before zone 0.
@@ -158,19 +200,26 @@ impl PoolHeader {
 
     /// Decode and validate block 0; `dev_blocks` is the device size.
     pub fn decode(b: &[u8], dev_blocks: u64) -> Result<Self> {
+        Self::decode_at(b, 0, dev_blocks)
+    }
+
+    /// Decode and validate a header copy read from `block` (0, or the backup).
+    pub fn decode_at(b: &[u8], block: u64, dev_blocks: u64) -> Result<Self> {
         if b.len() < BLOCK_SIZE || &b[0..8] != POOL_MAGIC {
-            return Err(Error::NotAPool("no sluice pool magic in block 0".into()));
+            return Err(Error::NotAPool(format!(
+                "no sluice pool magic in block {block}"
+            )));
         }
         let crc = get_u32(b, H_CRC);
         if crc != crc_with_hole(&b[..BLOCK_SIZE], H_CRC) {
             return Err(Error::corrupt(
                 Structure::PoolHeader,
-                0,
+                block,
                 "checksum mismatch",
             ));
         }
         let version = get_u32(b, H_VERSION);
-        if version > FORMAT_VERSION {
+        if version != FORMAT_VERSION {
             return Err(Error::UnsupportedVersion {
                 found: version,
                 supported: FORMAT_VERSION,
@@ -182,8 +231,9 @@ impl PoolHeader {
         let zone_blocks = get_u32(b, H_ZONE_BLOCKS);
         // Recompute the layout and insist the stored one matches it: this
         // validates every field at once against impossible values.
-        let expect = Geometry::compute(uuid, total, zone_blocks)
-            .map_err(|e| Error::corrupt(Structure::PoolHeader, 0, format!("bad geometry: {e}")))?;
+        let expect = Geometry::compute(uuid, total, zone_blocks).map_err(|e| {
+            Error::corrupt(Structure::PoolHeader, block, format!("bad geometry: {e}"))
+        })?;
         let geo = Geometry {
             uuid,
             total_blocks: total,
@@ -202,14 +252,14 @@ impl PoolHeader {
         if geo != expect {
             return Err(Error::corrupt(
                 Structure::PoolHeader,
-                0,
+                block,
                 "stored geometry is inconsistent",
             ));
         }
         if total > dev_blocks {
             return Err(Error::corrupt(
                 Structure::PoolHeader,
-                0,
+                block,
                 format!("pool needs {total} blocks but the device has {dev_blocks}"),
             ));
         }

@@ -1,17 +1,22 @@
 //! On-disk layout of a pool: header and geometry, the volume catalog, zone
 //! superblocks and bitmaps. Every structure carries a magic and a crc32c so a
-//! bit flip is reported, naming the structure and block, never trusted.
+//! bit flip is reported, naming the structure and block, never trusted; and
+//! every one but the B+tree nodes is written twice, so one bad block is
+//! survived (B+tree nodes are rebuilt from the other trees by repair).
 //!
 //! ```text
 //! block 0                 pool header (geometry, UUID)
 //! blocks 1..1+C           volume catalog, copy A   (C = CATALOG_BLOCKS)
-//! blocks 1+C..1+2C        volume catalog, copy B
+//! blocks 1+C..1+2C        volume catalog, copy B   (both hold the newest generation)
+//! block 1+2C              backup pool header
 //! zone 0, zone 1, ...     each zone_blocks long, starting at zone0_start
 //!
 //! zone (relative blocks):
 //!   0, 1                  superblock slots A/B (slot = generation % 2)
-//!   2 ..                  bitmap copy A, then copy B (bm_blocks each; paired with the slot)
-//!   log_start ..          circular intent log (log_blocks)
+//!   2, 3                  mirrors of slots A/B
+//!   4 ..                  bitmaps: slot A copy 0, slot A copy 1, slot B copy 0,
+//!                         slot B copy 1 (bm_blocks each)
+//!   log_start ..          circular intent log (log_blocks), then its mirror
 //!   meta_start ..         B+tree node area (meta_blocks)
 //!   data_start .. end     chunk data
 //! ```

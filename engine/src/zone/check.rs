@@ -125,11 +125,7 @@ impl<D: BlockDev> Zone<D> {
         let lindex: HashMap<(u32, u64), &LmapRec> =
             lrecs.iter().map(|l| ((l.vol, l.chunk), l)).collect();
         let mut expect = Bitmap::new(g.zone_blocks);
-        let specials = [
-            (0, g.log_start, owner::ZONE_HEADER),
-            (g.log_start, g.log_blocks, owner::LOG),
-            (g.meta_start, g.meta_blocks, owner::METADATA),
-        ];
+        let specials = g.special_regions();
         let mut seen_special = [false; 3];
         for r in &rrecs {
             if r.pblk as u64 + r.count as u64 > g.zone_blocks as u64 || r.count == 0 {

@@ -54,25 +54,8 @@ impl<D: BlockDev> Zone<D> {
         let Some(e) = ext else {
             return Ok(None);
         };
-        if !e.compressed() && !span.full(cs) {
-            // Raw chunk, partial read: fetch only the covering blocks.
-            // (The chunk crc is checked on full reads and by scrub.)
-            self.check_extent(&e, cs)?;
-            let first = span.off / BLOCK_SIZE;
-            let last = (span.off + span.len).div_ceil(BLOCK_SIZE);
-            let off = self.byte_off(e.pblk + first as u32);
-            let (mut buf, r) = self
-                .dev
-                .read_at(AlignedBuf::filled_later((last - first) * BLOCK_SIZE), off)
-                .await;
-            r.map_err(|err| Error::io("read", off, err))?;
-            let s = span.off - first * BLOCK_SIZE;
-            if s != 0 {
-                buf.copy_within(s..s + span.len, 0);
-            }
-            buf.set_len(span.len);
-            return Ok(Some(buf));
-        }
+        // Every read verifies the chunk's crc, partial reads of raw chunks
+        // too: they read the whole chunk (a flipped byte is never data).
         let mut chunk = self.load_chunk(&e, cs).await?;
         if !span.full(cs) {
             chunk.copy_within(span.off..span.off + span.len, 0);

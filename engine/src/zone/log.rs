@@ -12,11 +12,13 @@ use super::{Busy, Trees, Zone};
 use crate::buf::{AlignedBuf, BLOCK_SIZE};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result, Structure};
+use crate::format::header::COPIES;
 use crate::format::superblock::RootPtr;
 use crate::format::{owner, Superblock};
-use crate::intent_log::{encode_block, Extent, LogBlockHeader, Record, LOG_HDR};
+use crate::intent_log::{encode_block, Extent, LogBlockHeader, Record, LOG_HDR, MAX_BATCH_BLOCKS};
 use crate::lmap::LmapRec;
 use crate::rmap::RmapRec;
+use futures::future::join_all;
 
 /// Checkpoint when the log is this full (fraction in percent).
 const CHECKPOINT_LOG_PCT: u64 = 50;
@@ -183,15 +185,21 @@ impl<D: BlockDev> Zone<D> {
             // No room in the ring: a checkpoint covers these records anyway.
             return self.checkpoint_locked().await;
         }
+        // Writes of at most MAX_BATCH_BLOCKS, each between two flushes, so
+        // replay can tell a torn last write from a hole (intent_log docs).
+        let per = MAX_BATCH_BLOCKS as usize * BLOCK_SIZE;
         self.dev
             .flush()
             .await
             .map_err(|e| Error::io("flush", 0, e))?;
-        self.write_log_blocks(blocks, first_lsn).await?;
-        self.dev
-            .flush()
-            .await
-            .map_err(|e| Error::io("flush", 0, e))?;
+        for (i, part) in blocks.chunks(per).enumerate() {
+            let lsn = first_lsn + (i * per / BLOCK_SIZE) as u64;
+            self.write_log_blocks(part, lsn).await?;
+            self.dev
+                .flush()
+                .await
+                .map_err(|e| Error::io("flush", 0, e))?;
+        }
         let used = {
             let mut st = self.st.borrow_mut();
             st.next_lsn = first_lsn + nblocks;
@@ -219,8 +227,10 @@ impl<D: BlockDev> Zone<D> {
         }
     }
 
-    /// Pack records into consecutive log blocks starting at `lsn`.
+    /// Pack records into consecutive log blocks starting at `lsn` (written
+    /// in batches of MAX_BATCH_BLOCKS from there).
     fn pack(&self, recs: &[(u64, Record)], lsn: u64, epoch: u64) -> AlignedBuf {
+        let first_lsn = lsn;
         let mut blocks: Vec<u8> = Vec::new();
         let mut payload = Vec::with_capacity(BLOCK_SIZE);
         let mut first_seq = recs.first().map(|r| r.0).unwrap_or(0);
@@ -234,6 +244,7 @@ impl<D: BlockDev> Zone<D> {
                 nrec,
                 used: payload.len() as u16,
                 first_seq,
+                batch_lsn: *lsn - (*lsn - first_lsn) % MAX_BATCH_BLOCKS,
             };
             let o = blocks.len();
             blocks.resize(o + BLOCK_SIZE, 0);
@@ -256,24 +267,28 @@ impl<D: BlockDev> Zone<D> {
         AlignedBuf::from_slice(&blocks)
     }
 
-    /// Write packed blocks into the ring (at most two writes: before and
-    /// after the wrap point).
-    async fn write_log_blocks(&self, blocks: AlignedBuf, first_lsn: u64) -> Result<()> {
+    /// Write packed blocks into both copies of the ring, at once (each copy
+    /// at most two writes: before and after the wrap point).
+    async fn write_log_blocks(&self, blocks: &[u8], first_lsn: u64) -> Result<()> {
         let cap = self.geo.log_blocks as u64;
         let n = blocks.len() / BLOCK_SIZE;
+        let mut writes = Vec::with_capacity(4);
         let mut done = 0usize;
         while done < n {
             let lsn = first_lsn + done as u64;
             let pos = (lsn % cap) as usize;
             let run = (n - done).min(cap as usize - pos);
-            let part =
-                AlignedBuf::from_slice(&blocks[done * BLOCK_SIZE..(done + run) * BLOCK_SIZE]);
-            let off = self.byte_off(self.geo.log_start + pos as u32);
-            let (_b, r) = self.dev.write_at(part, off).await;
-            r.map_err(|e| Error::io("log write", off, e))?;
+            let part = &blocks[done * BLOCK_SIZE..(done + run) * BLOCK_SIZE];
+            for copy in 0..COPIES {
+                let off = self.byte_off(self.geo.log_rel(copy, pos as u32));
+                writes.push(async move {
+                    let (_b, r) = self.dev.write_at(AlignedBuf::from_slice(part), off).await;
+                    r.map_err(|e| Error::io("log write", off, e))
+                });
+            }
             done += run;
         }
-        Ok(())
+        join_all(writes).await.into_iter().collect()
     }
 
     /// Write a checkpoint now (also makes every committed change durable).
@@ -313,9 +328,8 @@ impl<D: BlockDev> Zone<D> {
         bm[dbytes..dbytes + mc.bitmap.len()].copy_from_slice(&mc.bitmap);
         let bitmap_crc = crc32c::crc32c(&bm);
         let slot = (gen % 2) as u32;
-        let bm_off = self.byte_off(2 + slot * g.bm_blocks);
-        let (_b, r) = self.dev.write_at(bm, bm_off).await;
-        r.map_err(|e| Error::io("bitmap write", bm_off, e))?;
+        self.write_copies(&bm, |c| g.bitmap_rel(slot, c), "bitmap write")
+            .await?;
         self.dev
             .flush()
             .await
@@ -337,16 +351,22 @@ impl<D: BlockDev> Zone<D> {
             bitmap_crc,
             counters,
         };
-        let sb_off = self.byte_off(slot);
-        let (_b, r) = self
-            .dev
-            .write_at(AlignedBuf::from_slice(&sb.encode()), sb_off)
-            .await;
-        r.map_err(|e| Error::io("superblock write", sb_off, e))?;
-        self.dev
-            .flush()
-            .await
-            .map_err(|e| Error::io("flush", 0, e))?;
+        // One copy at a time, each made durable: a crash tears at most one
+        // copy, so two bad copies of a slot are damage, never a torn write
+        // (recovery relies on it).
+        let sb_bytes = sb.encode();
+        for copy in 0..COPIES {
+            let off = self.byte_off(g.sb_rel(slot, copy));
+            let (_b, r) = self
+                .dev
+                .write_at(AlignedBuf::from_slice(&sb_bytes), off)
+                .await;
+            r.map_err(|e| Error::io("superblock write", off, e))?;
+            self.dev
+                .flush()
+                .await
+                .map_err(|e| Error::io("flush", 0, e))?;
+        }
         self.meta.checkpoint_committed(mc.epoch);
         let mut st = self.st.borrow_mut();
         st.sb_gen = gen;
@@ -354,5 +374,22 @@ impl<D: BlockDev> Zone<D> {
         st.stats.checkpoints += 1;
         Self::made_durable(&mut st, applied);
         Ok(())
+    }
+
+    /// Write `bytes` to each of the COPIES places `rel(copy)` of this zone, at once.
+    pub(crate) async fn write_copies(
+        &self,
+        bytes: &[u8],
+        rel: impl Fn(u32) -> u32,
+        what: &'static str,
+    ) -> Result<()> {
+        let writes = (0..COPIES).map(|c| {
+            let off = self.byte_off(rel(c));
+            async move {
+                let (_b, r) = self.dev.write_at(AlignedBuf::from_slice(bytes), off).await;
+                r.map_err(|e| Error::io(what, off, e))
+            }
+        });
+        join_all(writes).await.into_iter().collect()
     }
 }

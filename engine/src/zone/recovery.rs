@@ -13,8 +13,9 @@ use crate::btree::{Btree, DevTarget, TreeRoot};
 use crate::buf::{AlignedBuf, BLOCK_SIZE};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result, Structure};
-use crate::format::{owner, Geometry, Superblock, ZoneCounters};
-use crate::intent_log::{decode_block, BlockRead};
+use crate::format::header::COPIES;
+use crate::format::{Geometry, Superblock, ZoneCounters};
+use crate::intent_log::{decode_block, BlockRead, Record, MAX_BATCH_BLOCKS};
 use crate::rmap::RmapRec;
 use crate::sync::{KeyedRwLock, LocalMutex, Mutex};
 use std::cell::RefCell;
@@ -76,9 +77,10 @@ impl<D: BlockDev> Zone<D> {
 
     /// Lay out an empty zone and write its first checkpoint.
     pub async fn format(dev: Rc<D>, geo: Rc<Geometry>, idx: u32, cfg: ZoneConfig) -> Result<Self> {
-        // Clear both superblock slots: stale ones from an old pool must not count.
+        // Clear every superblock copy: stale ones from an old pool must not count.
         let off = geo.abs(idx, 0) * BLOCK_SIZE as u64;
-        let (_b, r) = dev.write_at(AlignedBuf::zeroed(2 * BLOCK_SIZE), off).await;
+        let n = 2 * COPIES as usize;
+        let (_b, r) = dev.write_at(AlignedBuf::zeroed(n * BLOCK_SIZE), off).await;
         r.map_err(|e| Error::io("format", off, e))?;
         let meta = Rc::new(DevTarget::format(
             dev.clone(),
@@ -91,11 +93,7 @@ impl<D: BlockDev> Zone<D> {
             lmap: Btree::create(meta.clone()).await?,
             rmap: Btree::create(meta.clone()).await?,
         };
-        for (pblk, count, own) in [
-            (0, geo.log_start, owner::ZONE_HEADER),
-            (geo.log_start, geo.log_blocks, owner::LOG),
-            (geo.meta_start, geo.meta_blocks, owner::METADATA),
-        ] {
+        for (pblk, count, own) in geo.special_regions() {
             trees
                 .rmap
                 .insert(RmapRec {
@@ -111,65 +109,33 @@ impl<D: BlockDev> Zone<D> {
         committed.set_range(0, geo.data_start);
         let st = Self::fresh_state(&geo, committed, 0, 1, 0, 0, ZoneCounters::default());
         let z = Self::assemble(dev, geo, idx, cfg, meta, trees, st);
+        // Two checkpoints: both slots hold a valid superblock from the start,
+        // so a slot with no valid copy is always damage (see read_superblock).
+        z.checkpoint().await?;
         z.checkpoint().await?;
         Ok(z)
     }
 
     /// Open a zone, replaying its log.
     pub async fn open(dev: Rc<D>, geo: Rc<Geometry>, idx: u32, cfg: ZoneConfig) -> Result<Self> {
-        let base = geo.abs(idx, 0);
-        let (buf, r) = dev
-            .read_at(AlignedBuf::zeroed(2 * BLOCK_SIZE), base * BLOCK_SIZE as u64)
-            .await;
-        r.map_err(|e| Error::io("superblock read", base * BLOCK_SIZE as u64, e))?;
-        let mut best: Option<Superblock> = None;
-        let mut first_err = None;
-        for slot in 0..2u64 {
-            let b = &buf[slot as usize * BLOCK_SIZE..(slot as usize + 1) * BLOCK_SIZE];
-            match Superblock::decode(b, base + slot, idx, &geo.uuid) {
-                Ok(Some(sb)) if sb.slot() as u64 == slot => {
-                    if best.as_ref().is_none_or(|b| sb.generation > b.generation) {
-                        best = Some(sb);
-                    }
-                }
-                Ok(Some(_)) => {
-                    first_err.get_or_insert(Error::corrupt(
-                        Structure::Superblock,
-                        base + slot,
-                        "generation does not match its slot",
-                    ));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        let Some(sb) = best else {
-            return Err(first_err.unwrap_or_else(|| {
-                Error::corrupt(
-                    Structure::Superblock,
-                    base,
-                    format!("zone {idx} has no valid superblock"),
-                )
-            }));
-        };
-
-        // The bitmap copy paired with this superblock.
-        let bm_blk = geo.abs(idx, 2 + sb.slot() * geo.bm_blocks);
-        let (bm, r) = dev
-            .read_at(
-                AlignedBuf::zeroed(geo.bm_blocks as usize * BLOCK_SIZE),
-                bm_blk * BLOCK_SIZE as u64,
+        let (sb, sb_bytes, bad_sb) = Self::read_superblock(&dev, &geo, idx).await?;
+        let slot = sb.slot();
+        let (bm, bad_bm) = Self::read_bitmap(&dev, &geo, idx, &sb).await?;
+        // Rewrite a bad or stale copy of what was chosen, so that a second
+        // bad block later still finds one good copy.
+        for (rel, bytes) in bad_sb
+            .into_iter()
+            .map(|c| (geo.sb_rel(slot, c), &sb_bytes[..]))
+            .chain(
+                bad_bm
+                    .into_iter()
+                    .map(|c| (geo.bitmap_rel(slot, c), &bm[..])),
             )
-            .await;
-        r.map_err(|e| Error::io("bitmap read", bm_blk * BLOCK_SIZE as u64, e))?;
-        if crc32c::crc32c(&bm) != sb.bitmap_crc {
-            return Err(Error::corrupt(
-                Structure::Bitmap,
-                bm_blk,
-                format!("zone {idx} bitmap copy {} checksum mismatch", sb.slot()),
-            ));
+        {
+            let off = geo.abs(idx, rel) * BLOCK_SIZE as u64;
+            let (_b, r) = dev.write_at(AlignedBuf::from_slice(bytes), off).await;
+            r.map_err(|e| Error::io("metadata repair", off, e))?;
+            dev.flush().await.map_err(|e| Error::io("flush", 0, e))?;
         }
         let dbytes = geo.data_bitmap_bytes();
         let committed = Bitmap::from_bytes(&bm[..dbytes], geo.zone_blocks);
@@ -205,21 +171,124 @@ impl<D: BlockDev> Zone<D> {
         Ok(z)
     }
 
+    /// The newest valid superblock among every copy of both slots, its
+    /// bytes, and the copies of its slot that do not hold it.
+    async fn read_superblock(
+        dev: &Rc<D>,
+        geo: &Geometry,
+        idx: u32,
+    ) -> Result<(Superblock, AlignedBuf, Vec<u32>)> {
+        let base = geo.abs(idx, 0);
+        let n = 2 * COPIES as usize;
+        let (buf, r) = dev
+            .read_at(AlignedBuf::zeroed(n * BLOCK_SIZE), base * BLOCK_SIZE as u64)
+            .await;
+        r.map_err(|e| Error::io("superblock read", base * BLOCK_SIZE as u64, e))?;
+        let block = |rel: u32| &buf[rel as usize * BLOCK_SIZE..(rel as usize + 1) * BLOCK_SIZE];
+        let decode = |slot: u32, copy: u32| {
+            let rel = geo.sb_rel(slot, copy);
+            match Superblock::decode(block(rel), base + rel as u64, idx, &geo.uuid) {
+                Ok(Some(sb)) if sb.slot() != slot => Err(Error::corrupt(
+                    Structure::Superblock,
+                    base + rel as u64,
+                    "generation does not match its slot",
+                )),
+                r => r,
+            }
+        };
+        let mut best: Option<(Superblock, u32)> = None;
+        let mut first_err = None;
+        for copy in 0..COPIES {
+            for slot in 0..2u32 {
+                match decode(slot, copy) {
+                    Ok(Some(sb)) => {
+                        if best.as_ref().is_none_or(|b| sb.generation > b.0.generation) {
+                            best = Some((sb, geo.sb_rel(slot, copy)));
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let Some((sb, rel)) = best else {
+            return Err(first_err.unwrap_or_else(|| {
+                Error::corrupt(
+                    Structure::Superblock,
+                    base,
+                    format!("zone {idx} has no valid superblock"),
+                )
+            }));
+        };
+        // The other slot holds the checkpoint before (or, after a crash
+        // during a checkpoint, a newer one that was never completed): one of
+        // its copies is always valid, since format writes both slots and the
+        // copies are written one after another. None valid means both were
+        // damaged, and one of them may have been newer than `sb`: falling
+        // back could silently drop records.
+        let other = 1 - sb.slot();
+        if !(0..COPIES).any(|c| matches!(decode(other, c), Ok(Some(_)))) {
+            return Err(Error::corrupt(
+                Structure::Superblock,
+                base + geo.sb_rel(other, 0) as u64,
+                format!(
+                    "zone {idx}: both copies of superblock slot {other} are damaged; \
+                     slot {} (generation {}) may be older, and replaying from it could \
+                     lose records",
+                    sb.slot(),
+                    sb.generation
+                ),
+            ));
+        }
+        let bytes = AlignedBuf::from_slice(block(rel));
+        let stale = (0..COPIES)
+            .filter(|&c| block(geo.sb_rel(sb.slot(), c)) != &bytes[..])
+            .collect();
+        Ok((sb, bytes, stale))
+    }
+
+    /// The bitmap paired with `sb` (its first good copy) and the copies that
+    /// fail its checksum.
+    async fn read_bitmap(
+        dev: &Rc<D>,
+        geo: &Geometry,
+        idx: u32,
+        sb: &Superblock,
+    ) -> Result<(AlignedBuf, Vec<u32>)> {
+        let len = geo.bm_blocks as usize * BLOCK_SIZE;
+        let mut bad = Vec::new();
+        for copy in 0..COPIES {
+            let blk = geo.abs(idx, geo.bitmap_rel(sb.slot(), copy));
+            let (bm, r) = dev
+                .read_at(AlignedBuf::zeroed(len), blk * BLOCK_SIZE as u64)
+                .await;
+            r.map_err(|e| Error::io("bitmap read", blk * BLOCK_SIZE as u64, e))?;
+            if crc32c::crc32c(&bm) == sb.bitmap_crc {
+                return Ok((bm, bad));
+            }
+            bad.push(copy);
+        }
+        Err(Error::corrupt(
+            Structure::Bitmap,
+            geo.abs(idx, geo.bitmap_rel(sb.slot(), 0)),
+            format!(
+                "zone {idx}: every copy of bitmap {} fails its checksum",
+                sb.slot()
+            ),
+        ))
+    }
+
     async fn replay(&self, sb: &Superblock) -> Result<()> {
-        let g = &*self.geo;
-        let cap = g.log_blocks as u64;
+        let cap = self.geo.log_blocks as u64;
         let mut lsn = sb.log_start_lsn;
         let mut t = self.trees.lock().await;
         let mut replayed = 0u64;
         while lsn - sb.log_start_lsn < cap {
-            let pos = (lsn % cap) as u32;
-            let off = self.byte_off(g.log_start + pos);
-            let (b, r) = self.dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), off).await;
-            r.map_err(|e| Error::io("log read", off, e))?;
-            let blk = off / BLOCK_SIZE as u64;
-            let recs = match decode_block(&g.uuid, &b, blk, self.idx, sb.log_epoch, lsn)? {
-                BlockRead::End => break,
-                BlockRead::Valid(_, recs) => recs,
+            let Some((blk, recs)) = self.read_log_block(sb.log_epoch, lsn).await? else {
+                self.check_log_end(sb, lsn).await?;
+                break;
             };
             for (seq, rec) in recs {
                 let next = self.st.borrow().next_seq;
@@ -245,6 +314,79 @@ impl<D: BlockDev> Zone<D> {
         // A new epoch: blocks of the old one beyond `lsn` are now stale.
         st.log_epoch += 1;
         st.stats.replayed_records = replayed;
+        Ok(())
+    }
+
+    /// The records of log block `lsn` from whichever copy is valid (with
+    /// the block it was read from); `None` when neither is.
+    async fn read_log_block(
+        &self,
+        epoch: u64,
+        lsn: u64,
+    ) -> Result<Option<(u64, Vec<(u64, Record)>)>> {
+        let g = &*self.geo;
+        let pos = (lsn % g.log_blocks as u64) as u32;
+        let mut first_err = None;
+        for copy in 0..COPIES {
+            let off = self.byte_off(g.log_rel(copy, pos));
+            let (b, r) = self.dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), off).await;
+            r.map_err(|e| Error::io("log read", off, e))?;
+            let blk = off / BLOCK_SIZE as u64;
+            match decode_block(&g.uuid, &b, blk, self.idx, epoch, lsn) {
+                Ok(BlockRead::Valid(_, recs)) => return Ok(Some((blk, recs))),
+                Ok(BlockRead::End) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Neither copy of log block `lsn` is valid: that is the end of the log
+    /// only if it was part of the last, torn write. A valid block within
+    /// MAX_BATCH_BLOCKS after it that was written after `lsn` was durable
+    /// proves records are missing: an error naming the block, never a
+    /// silent end of replay.
+    async fn check_log_end(&self, sb: &Superblock, lsn: u64) -> Result<()> {
+        let g = &*self.geo;
+        let cap = g.log_blocks as u64;
+        for next in lsn + 1..=lsn + MAX_BATCH_BLOCKS {
+            if next - sb.log_start_lsn >= cap {
+                break;
+            }
+            let pos = (next % cap) as u32;
+            for copy in 0..COPIES {
+                let off = self.byte_off(g.log_rel(copy, pos));
+                let (b, r) = self.dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), off).await;
+                r.map_err(|e| Error::io("log read", off, e))?;
+                let blk = off / BLOCK_SIZE as u64;
+                let Ok(BlockRead::Valid(h, _)) =
+                    decode_block(&g.uuid, &b, blk, self.idx, sb.log_epoch, next)
+                else {
+                    continue;
+                };
+                if h.batch_lsn > lsn {
+                    let missing = self.geo.abs(self.idx, g.log_rel(0, (lsn % cap) as u32));
+                    return Err(Error::corrupt(
+                        Structure::LogBlock,
+                        missing,
+                        format!(
+                            "zone {}: both copies of log block LSN {lsn} are unreadable but \
+                             the log write at LSN {} after it is durable: records {}..{} \
+                             are lost; chunks of this zone's volumes may read stale data",
+                            self.idx,
+                            h.batch_lsn,
+                            self.st.borrow().next_seq,
+                            h.first_seq
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }
