@@ -18,10 +18,12 @@
 
 pub mod catalog;
 pub mod header;
+pub mod probe;
 pub mod superblock;
 
 pub use catalog::{Catalog, Compression, VolumeEntry, VOL_DELETING, VOL_READ_ONLY};
 pub use header::{Geometry, PoolHeader, FORMAT_VERSION};
+pub use probe::{probe, Probe};
 pub use superblock::{Superblock, ZoneCounters};
 
 /// Special rmap owners: who owns a block that is not volume data.
