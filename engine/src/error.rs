@@ -68,6 +68,12 @@ pub enum Error {
     /// Another process or pool object holds the device's lock ([`crate::dev::DeviceLock`]).
     #[error("pool device {} is in use by another process or pool", path.display())]
     DeviceInUse { path: std::path::PathBuf },
+    /// Formatting would destroy a pool (`what` says which) and was not forced.
+    #[error("pool device {} already holds {what}: formatting over it needs force", path.display())]
+    PoolPresent {
+        path: std::path::PathBuf,
+        what: String,
+    },
     /// The device could not be opened at all (missing, permission, ...).
     #[error("cannot open pool device {}: {source}", path.display())]
     Open {
@@ -106,6 +112,7 @@ impl Error {
             Error::NotFound(_) => libc::ENOENT,
             Error::Exists(_) => libc::EEXIST,
             Error::DeviceInUse { .. } => libc::EBUSY,
+            Error::PoolPresent { .. } => libc::EEXIST,
             _ => libc::EIO,
         }
     }

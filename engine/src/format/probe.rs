@@ -6,8 +6,9 @@
 
 use super::header::{PoolHeader, POOL_MAGIC};
 use crate::buf::{AlignedBuf, BLOCK_SIZE};
-use crate::dev::BlockDev;
+use crate::dev::{BlockDev, FileDev};
 use crate::error::{Error, Result};
+use std::fs::File;
 
 /// What a device's pool header says.
 #[derive(Debug)]
@@ -48,6 +49,20 @@ pub async fn probe<D: BlockDev>(dev: &D) -> Result<Probe> {
             Err(e) => Probe::Damaged(e),
         },
     )
+}
+
+/// [`probe`] an open file or block device, synchronously, through a
+/// duplicate of its descriptor (a lock held on `file` stays held).
+pub fn probe_file(file: &File) -> Result<Probe> {
+    let dup = file
+        .try_clone()
+        .map_err(|e| Error::io("dup descriptor", 0, e))?;
+    futures::executor::block_on(probe(&FileDev::from_file(dup)?))
+}
+
+/// A pool UUID as the control plane shows it: 32 hex digits.
+pub fn uuid_hex(uuid: &[u8; 16]) -> String {
+    uuid.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
