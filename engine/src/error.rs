@@ -65,6 +65,22 @@ pub enum Error {
     ReadOnly(String),
     #[error("zone {zone} is shut down after an earlier error: {reason}")]
     Shutdown { zone: u32, reason: String },
+    /// Another process or pool object holds the device's lock ([`crate::dev::DeviceLock`]).
+    #[error("pool device {} is in use by another process or pool", path.display())]
+    DeviceInUse { path: std::path::PathBuf },
+    /// Formatting would destroy a pool (`what` says which) and was not forced.
+    #[error("pool device {} already holds {what}: formatting over it needs force", path.display())]
+    PoolPresent {
+        path: std::path::PathBuf,
+        what: String,
+    },
+    /// The device could not be opened at all (missing, permission, ...).
+    #[error("cannot open pool device {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -80,6 +96,13 @@ impl Error {
         Error::Io { op, offset, source }
     }
 
+    pub fn open(path: &std::path::Path, source: std::io::Error) -> Self {
+        Error::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     /// The errno a block export should report for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -88,6 +111,8 @@ impl Error {
             Error::ReadOnly(_) => libc::EPERM,
             Error::NotFound(_) => libc::ENOENT,
             Error::Exists(_) => libc::EEXIST,
+            Error::DeviceInUse { .. } => libc::EBUSY,
+            Error::PoolPresent { .. } => libc::EEXIST,
             _ => libc::EIO,
         }
     }

@@ -10,7 +10,10 @@ use crate::reactor::{current, ReactorsHandle};
 use crate::uring_dev::UringDev;
 use foldhash::{HashMap, HashMapExt};
 use futures::future::join_all;
-use sluice_engine::format::{Catalog, Geometry, VolumeEntry, VOL_DELETING};
+use sluice_engine::dev::DeviceLock;
+use sluice_engine::format::{
+    probe_file, uuid_hex, Catalog, Geometry, Probe, VolumeEntry, VOL_DELETING,
+};
 use sluice_engine::volume::{ChunkSpan, VolInfo, WritePiece};
 use sluice_engine::zone::ZoneStats;
 use sluice_engine::{
@@ -20,7 +23,7 @@ use smallvec::{smallvec, SmallVec};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// What a read returns, chunk by chunk: `None` for a hole. Inline for one
 /// chunk (every 4 KiB read): no heap allocation.
@@ -141,10 +144,20 @@ pub struct PoolHost {
     reactors: ReactorsHandle,
     nreact: usize,
     catalog: RwLock<Catalog>,
+    /// The device's one-owner lock, on a descriptor of its own (each reactor
+    /// opens the device separately). Dropped by [`PoolHost::close`].
+    lock: Mutex<Option<DeviceLock>>,
 }
 
 impl PoolHost {
     /// Create the backing file (sparse, `size` bytes) unless it exists, format a pool on it and host it.
+    ///
+    /// The device is locked before anything is written, and a device that
+    /// holds a pool (valid or damaged) is formatted only with `force`; a
+    /// device another process or pool has open is never touched. An existing
+    /// file keeps its size and contents until those checks pass; a file this
+    /// call created is removed again if it fails.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         reactors: ReactorsHandle,
         nreact: usize,
@@ -152,46 +165,60 @@ impl PoolHost {
         path: &Path,
         size: u64,
         zone_size: u64,
+        force: bool,
         cfg: ZoneConfig,
     ) -> Result<Arc<Self>> {
-        let is_file = !path.exists()
-            || std::fs::metadata(path)
-                .map(|m| m.is_file())
-                .unwrap_or(false);
-        if is_file {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(|e| Error::io("create pool file", 0, e))?;
-            if size > 0 {
-                f.set_len(size)
-                    .map_err(|e| Error::io("size pool file", size, e))?;
+        let (lock, created) = lock_or_create(path)?;
+        // Declared after `lock`, so dropped first: removed while still locked.
+        let mut undo = RemoveOnFailure {
+            path,
+            armed: created,
+        };
+        if !created {
+            let what = match probe_file(lock.file())? {
+                Probe::NotAPool => None,
+                Probe::Pool { uuid, .. } => Some(format!("sluice pool {}", uuid_hex(&uuid))),
+                Probe::Damaged(e) => Some(format!("a damaged sluice pool ({e})")),
+            };
+            if let (Some(what), false) = (what, force) {
+                return Err(Error::PoolPresent {
+                    path: path.to_path_buf(),
+                    what,
+                });
             }
+        }
+        let file = lock.file();
+        let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if is_file && size > 0 {
+            file.set_len(size)
+                .map_err(|e| Error::io("size pool file", size, e))?;
         }
         let uuid = {
             use rand_like::fill;
             fill()
         };
         let (name_s, path_s) = (name.to_string(), path.to_path_buf());
-        let geo = reactors
-            .call(0, move || async move {
-                let dev = Rc::new(open_dev(&path_s)?);
-                let meta = PoolMeta::format(dev, zone_size, uuid).await?;
-                let geo = meta.geometry().clone();
-                install(&name_s, Some(Rc::new(meta)));
-                Ok::<_, Error>(geo)
-            })
-            .map_err(call_err)??;
-        let lanes = Lanes::new(reactors.clone(), nreact);
-        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, true, &lanes)?;
-        let catalog = reactors
-            .call(0, {
-                let n = name.to_string();
-                move || async move { local_meta(&n).map(|m| m.catalog()) }
-            })
-            .map_err(call_err)??;
+        let (geo, catalog) = or_uninstall(&reactors, nreact, name, || {
+            let geo = reactors
+                .call(0, move || async move {
+                    let dev = Rc::new(open_dev(&path_s)?);
+                    let meta = PoolMeta::format(dev, zone_size, uuid).await?;
+                    let geo = meta.geometry().clone();
+                    install(&name_s, Some(Rc::new(meta)));
+                    Ok::<_, Error>(geo)
+                })
+                .map_err(call_err)??;
+            let lanes = Lanes::new(reactors.clone(), nreact);
+            Self::start_zones(&reactors, nreact, name, path, &geo, cfg, true, &lanes)?;
+            let catalog = reactors
+                .call(0, {
+                    let n = name.to_string();
+                    move || async move { local_meta(&n).map(|m| m.catalog()) }
+                })
+                .map_err(call_err)??;
+            Ok((geo, catalog))
+        })?;
+        undo.armed = false;
         Ok(Arc::new(PoolHost {
             name: name.into(),
             path: path.into(),
@@ -199,6 +226,7 @@ impl PoolHost {
             reactors,
             nreact,
             catalog: RwLock::new(catalog),
+            lock: Mutex::new(Some(lock)),
         }))
     }
 
@@ -210,18 +238,22 @@ impl PoolHost {
         path: &Path,
         cfg: ZoneConfig,
     ) -> Result<Arc<Self>> {
+        let lock = DeviceLock::acquire(path)?;
         let (name_s, path_s) = (name.to_string(), path.to_path_buf());
-        let (geo, catalog) = reactors
-            .call(0, move || async move {
-                let dev = Rc::new(open_dev(&path_s)?);
-                let meta = PoolMeta::open(dev).await?;
-                let r = (meta.geometry().clone(), meta.catalog());
-                install(&name_s, Some(Rc::new(meta)));
-                Ok::<_, Error>(r)
-            })
-            .map_err(call_err)??;
-        let lanes = Lanes::new(reactors.clone(), nreact);
-        Self::start_zones(&reactors, nreact, name, path, &geo, cfg, false, &lanes)?;
+        let (geo, catalog) = or_uninstall(&reactors, nreact, name, || {
+            let (geo, catalog) = reactors
+                .call(0, move || async move {
+                    let dev = Rc::new(open_dev(&path_s)?);
+                    let meta = PoolMeta::open(dev).await.map_err(|e| naming(e, &path_s))?;
+                    let r = (meta.geometry().clone(), meta.catalog());
+                    install(&name_s, Some(Rc::new(meta)));
+                    Ok::<_, Error>(r)
+                })
+                .map_err(call_err)??;
+            let lanes = Lanes::new(reactors.clone(), nreact);
+            Self::start_zones(&reactors, nreact, name, path, &geo, cfg, false, &lanes)?;
+            Ok((geo, catalog))
+        })?;
         let host = Arc::new(PoolHost {
             name: name.into(),
             path: path.into(),
@@ -229,6 +261,7 @@ impl PoolHost {
             reactors,
             nreact,
             catalog: RwLock::new(catalog.clone()),
+            lock: Mutex::new(Some(lock)),
         });
         for v in catalog.volumes.iter().filter(|v| v.deleting()) {
             host.finish_delete(v.id)?;
@@ -717,20 +750,84 @@ impl PoolHost {
         Ok(out)
     }
 
-    /// Drop this pool's state from every reactor (after a checkpoint).
+    /// Drop this pool's state from every reactor (after a checkpoint), then
+    /// release the device for the next owner.
     pub fn close(&self) -> Result<()> {
         let r = self.checkpoint_all();
-        for i in 0..self.nreact {
-            let name = self.name.clone();
-            let _ = self.reactors.call(i, move || async move {
-                if let Some(lp) = LOCAL.with(|l| l.borrow_mut().remove(&name)) {
-                    if let Some(f) = lp.borrow_mut().fwd.take() {
-                        f.uninstall();
-                    }
-                }
-            });
+        uninstall(&self.reactors, self.nreact, &self.name);
+        if let Ok(mut l) = self.lock.lock() {
+            l.take();
         }
         r
+    }
+}
+
+/// Remove a pool's state from every reactor.
+fn uninstall(reactors: &ReactorsHandle, nreact: usize, name: &str) {
+    for i in 0..nreact {
+        let name = name.to_string();
+        let _ = reactors.call(i, move || async move {
+            if let Some(lp) = LOCAL.with(|l| l.borrow_mut().remove(&name)) {
+                if let Some(f) = lp.borrow_mut().fwd.take() {
+                    f.uninstall();
+                }
+            }
+        });
+    }
+}
+
+/// "Not a pool" names the device (other errors name their block).
+fn naming(e: Error, path: &Path) -> Error {
+    match e {
+        Error::NotAPool(m) => Error::NotAPool(format!("{}: {m}", path.display())),
+        e => e,
+    }
+}
+
+/// Run the steps that install pool `name` on the reactors; should one fail,
+/// remove what the others installed, so a failed create or open leaves no
+/// zones (and no open descriptors) behind.
+fn or_uninstall<T>(
+    reactors: &ReactorsHandle,
+    nreact: usize,
+    name: &str,
+    steps: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let r = steps();
+    if r.is_err() {
+        uninstall(reactors, nreact, name);
+    }
+    r
+}
+
+/// Lock the device at `path`, creating it as an empty file if nothing is
+/// there; says whether it was created. Creation is exclusive (`O_EXCL`), so
+/// a file someone else creates meanwhile is never claimed as ours.
+fn lock_or_create(path: &Path) -> Result<(DeviceLock, bool)> {
+    if path.exists() {
+        return Ok((DeviceLock::acquire(path)?, false));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::open(path, e))?;
+    // Should someone lock the new file before us, it is theirs: left alone.
+    Ok((DeviceLock::lock(file, path)?, true))
+}
+
+/// Removes the file a failed create made, unless disarmed.
+struct RemoveOnFailure<'a> {
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for RemoveOnFailure<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(self.path);
+        }
     }
 }
 

@@ -2,9 +2,12 @@
 //!
 //! Used by tools and tests; the daemon drives files through the kernel ring in the
 //! reactor instead. Opens with O_DIRECT when asked (buffers are aligned).
+//! [`FileDev::open`] and [`FileDev::create`] take the device's [`DeviceLock`], so a
+//! tool cannot open a pool a daemon (or another tool) has open.
 
-use super::{check_range, BlockDev, BufResult};
+use super::{check_range, BlockDev, BufResult, DeviceLock};
 use crate::buf::AlignedBuf;
+use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -13,32 +16,52 @@ use std::path::Path;
 pub struct FileDev {
     file: File,
     size: u64,
+    /// Held on a duplicate of `file` (one open file description, one lock).
+    _lock: Option<DeviceLock>,
 }
 
 impl FileDev {
-    /// Open an existing file or block device.
-    pub fn open(path: &Path, direct: bool) -> io::Result<Self> {
+    /// Open and lock an existing file or block device.
+    pub fn open(path: &Path, direct: bool) -> Result<Self> {
+        Self::open_locked(path, direct, false)
+    }
+
+    /// Create (or truncate) a sparse file of `size` bytes and open it. The
+    /// lock is taken before the file is truncated, so a pool in use is never
+    /// cut short.
+    pub fn create(path: &Path, size: u64, direct: bool) -> Result<Self> {
+        let dev = Self::open_locked(path, direct, true)?;
+        let sized = dev.file.set_len(0).and_then(|()| dev.file.set_len(size));
+        sized.map_err(|e| Error::io("size file", size, e))?;
+        Self::from_file_locked(dev.file, dev._lock)
+    }
+
+    fn open_locked(path: &Path, direct: bool, create: bool) -> Result<Self> {
         let mut opts = OpenOptions::new();
-        opts.read(true).write(true);
+        opts.read(true).write(true).create(create);
         if direct {
             opts.custom_flags(libc::O_DIRECT);
         }
-        let file = opts.open(path)?;
-        let size = device_size(&file)?;
-        Ok(FileDev { file, size })
+        let file = opts.open(path).map_err(|e| Error::open(path, e))?;
+        let dup = file
+            .try_clone()
+            .map_err(|e| Error::io("dup descriptor", 0, e))?;
+        let lock = DeviceLock::lock(dup, path)?;
+        Self::from_file_locked(file, Some(lock))
     }
 
-    /// Create (or truncate) a sparse file of `size` bytes and open it.
-    pub fn create(path: &Path, size: u64, direct: bool) -> io::Result<Self> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        f.set_len(size)?;
-        drop(f);
-        Self::open(path, direct)
+    /// Wrap a file the caller has opened (and locked, if it should be).
+    pub fn from_file(file: File) -> Result<Self> {
+        Self::from_file_locked(file, None)
+    }
+
+    fn from_file_locked(file: File, lock: Option<DeviceLock>) -> Result<Self> {
+        let size = device_size(&file).map_err(|e| Error::io("size of device", 0, e))?;
+        Ok(FileDev {
+            file,
+            size,
+            _lock: lock,
+        })
     }
 
     pub fn file(&self) -> &File {

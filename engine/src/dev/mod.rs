@@ -5,10 +5,12 @@
 //! per zone, so the futures need not be `Send`.
 
 mod file;
+mod lock;
 mod mem;
 pub mod sim;
 
 pub use file::FileDev;
+pub use lock::DeviceLock;
 pub use mem::MemDev;
 pub use sim::{SimConfig, SimDev};
 

@@ -98,6 +98,10 @@ pub enum Command {
         /// Size of one zone, the unit of allocation and of parallelism.
         #[arg(long, value_parser = parse_size)]
         zone_size: Option<u64>,
+        /// Format over a device that already holds a pool (destroying it). A
+        /// pool open in any daemon is refused even so.
+        #[arg(long)]
+        force: bool,
     },
     /// Open an existing pool (running recovery if it was not shut down cleanly).
     PoolImport {
@@ -225,12 +229,14 @@ impl Command {
                 path,
                 size,
                 zone_size,
+                force,
             } => (
                 "pool_create",
                 p.set("name", name)
                     .set("path", absolute(&path))
                     .opt("size", size)
                     .opt("zone_size", zone_size)
+                    .flag("force", force)
                     .done(),
             ),
             PoolImport { path, name } => (
@@ -507,6 +513,9 @@ mod tests {
             (p["size"].as_u64(), p["zone_size"].as_u64()),
             (Some(1 << 30), Some(256 << 20))
         );
+        assert_eq!(p.get("force"), None, "force is sent only when asked for");
+        let (_, p) = request(&["pool_create", "p0", "/dev/vdb", "--force"]);
+        assert_eq!(p["force"], json!(true));
         assert_eq!(
             request(&["pool_import", "/dev/nvme0n1"]).1,
             json!({"path": "/dev/nvme0n1"})

@@ -6,6 +6,7 @@ use crate::jsonrpc::{NoParams, Registry, RpcError, Shutdown};
 use crate::size::ByteSize;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sluice_engine::format::{probe_file, uuid_hex, Probe};
 use sluice_engine::Compression;
 use sluice_reactor::PoolHost;
 use std::path::PathBuf;
@@ -18,6 +19,9 @@ struct PoolCreate {
     path: PathBuf,
     size: Option<ByteSize>,
     zone_size: Option<ByteSize>,
+    /// Format over a device that holds a pool not open anywhere.
+    #[serde(default)]
+    force: bool,
 }
 
 #[derive(Deserialize)]
@@ -104,7 +108,7 @@ fn pool_json(p: &PoolHost) -> Result<Value, RpcError> {
     } else {
         r.logical_used_bytes as f64 / r.data_bytes as f64
     };
-    let uuid: String = g.uuid.iter().map(|b| format!("{b:02x}")).collect();
+    let uuid = uuid_hex(&g.uuid);
     Ok(json!({
         "name": p.name,
         "path": p.path,
@@ -147,6 +151,12 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
                 p.name
             )));
         }
+        if let Some(other) = Daemon::pool_open_as(&pools, &p.path, None) {
+            return Err(RpcError::busy(format!(
+                "{} is already open as pool '{other}'",
+                p.path.display()
+            )));
+        }
         let size = p.size.map(|s| s.bytes()).unwrap_or(0);
         if size == 0 && !p.path.exists() {
             return Err(RpcError::invalid_params(
@@ -161,6 +171,7 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
             &p.path,
             size,
             zone,
+            p.force,
             dd.opts.zone.clone(),
         )
         .map_err(rpc_err)?;
@@ -180,6 +191,18 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
             .map_err(|_| RpcError::internal("poisoned"))?;
         if pools.contains_key(&name) {
             return Err(RpcError::exists(format!("pool '{name}' already exists")));
+        }
+        // The UUID catches the same pool under another path (a hard link, a
+        // copy, a loop device over the file), which the lock cannot see.
+        let uuid = match std::fs::File::open(&p.path).map(|f| probe_file(&f)) {
+            Ok(Ok(Probe::Pool { uuid, .. })) => Some(uuid),
+            _ => None,
+        };
+        if let Some(other) = Daemon::pool_open_as(&pools, &p.path, uuid) {
+            return Err(RpcError::exists(format!(
+                "{} is already open as pool '{other}'",
+                p.path.display()
+            )));
         }
         let host = PoolHost::open(
             dd.reactors.handle(),

@@ -12,7 +12,7 @@ use crate::jsonrpc::RpcError;
 use sluice_engine::{Error as EngineError, ZoneConfig};
 use sluice_reactor::{PoolHost, Reactors};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// Engine errors as JSON-RPC application errors.
@@ -24,6 +24,8 @@ pub fn rpc_err(e: EngineError) -> RpcError {
         EngineError::Invalid(m) | EngineError::OutOfRange(m) => RpcError::invalid_params(m),
         EngineError::ReadOnly(m) => RpcError::invalid_state(format!("read-only: {m}")),
         e @ EngineError::Shutdown { .. } => RpcError::invalid_state(e.to_string()),
+        e @ EngineError::DeviceInUse { .. } => RpcError::busy(e.to_string()),
+        e @ EngineError::PoolPresent { .. } => RpcError::exists(e.to_string()),
         e => RpcError::io(e.to_string()),
     }
 }
@@ -93,6 +95,21 @@ impl Daemon {
                 )),
             },
         }
+    }
+
+    /// The name of the open pool on the device at `path` (compared
+    /// canonicalized) or with pool UUID `uuid`: one device, one pool object.
+    pub fn pool_open_as(
+        pools: &BTreeMap<String, Arc<PoolHost>>,
+        path: &Path,
+        uuid: Option<[u8; 16]>,
+    ) -> Option<String> {
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let path = canon(path);
+        pools
+            .values()
+            .find(|p| canon(&p.path) == path || Some(p.geometry().uuid) == uuid)
+            .map(|p| p.name.clone())
     }
 
     /// The pool that holds a volume (searching all pools when none is named).

@@ -337,6 +337,7 @@ fn open_pool(
         p,
         o.pool_size,
         o.zone_size,
+        true, // formatting over the previous run's pool is the point
         ZoneConfig::default(),
     )
     .with_context(|| {
