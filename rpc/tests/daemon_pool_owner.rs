@@ -237,7 +237,12 @@ fn failed_pool_create_removes_only_a_file_it_made() {
             .write(true)
             .open(&damaged)
             .expect("open");
-        f.write_all_at(&[0xff], 100).expect("damage header");
+        // Both copies of the header (block 0 and its backup): one alone
+        // is survived.
+        let backup = sluice_engine::format::header::HEADER_BACKUP_BLK * 4096;
+        for at in [100, backup + 100] {
+            f.write_all_at(&[0xff], at).expect("damage header");
+        }
     }
     let (code, msg) = refused(&d, "pool_import", json!({"name": "c", "path": damaged}));
     assert_eq!(code, codes::IO_ERROR, "{msg}");

@@ -1,10 +1,11 @@
 //! Does a device hold a sluice pool? Asked before formatting over it and
 //! before opening it, so both can refuse with the real reason.
 //!
-//! This is the one place that answers the question: when the layout gains
-//! another copy of the pool header, `probe` learns to look there too.
+//! This is the one place that answers the question: it reads block 0 and
+//! the backup copy of the pool header, so a pool whose block 0 was zeroed is
+//! still a pool.
 
-use super::header::{PoolHeader, POOL_MAGIC};
+use super::header::{PoolHeader, HEADER_BACKUP_BLK, POOL_MAGIC};
 use crate::buf::{AlignedBuf, BLOCK_SIZE};
 use crate::dev::{BlockDev, FileDev};
 use crate::error::{Error, Result};
@@ -29,26 +30,35 @@ impl Probe {
     }
 }
 
-/// Read the pool header of `dev`. Errors are I/O errors only; what the
-/// header says, including that it is damaged, is the [`Probe`].
+/// Read the pool header of `dev` (block 0, and its backup copy when block
+/// 0 does not hold a valid one). Errors are I/O errors only; what the
+/// headers say, including that they are damaged, is the [`Probe`].
 pub async fn probe<D: BlockDev>(dev: &D) -> Result<Probe> {
-    if dev.size() < BLOCK_SIZE as u64 {
-        return Ok(Probe::NotAPool);
+    let bs = BLOCK_SIZE as u64;
+    let dev_blocks = dev.size() / bs;
+    let mut damaged = None;
+    for blk in [0, HEADER_BACKUP_BLK] {
+        if blk >= dev_blocks {
+            break;
+        }
+        let (b, r) = dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), blk * bs).await;
+        r.map_err(|e| Error::io("read pool header", blk * bs, e))?;
+        if &b[0..POOL_MAGIC.len()] != POOL_MAGIC {
+            continue;
+        }
+        match PoolHeader::decode_at(&b, blk, dev_blocks) {
+            Ok(h) => {
+                return Ok(Probe::Pool {
+                    uuid: h.geo.uuid,
+                    size_bytes: h.geo.size_bytes(),
+                })
+            }
+            Err(e) => {
+                damaged.get_or_insert(e);
+            }
+        }
     }
-    let (b, r) = dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), 0).await;
-    r.map_err(|e| Error::io("read pool header", 0, e))?;
-    if &b[0..POOL_MAGIC.len()] != POOL_MAGIC {
-        return Ok(Probe::NotAPool);
-    }
-    Ok(
-        match PoolHeader::decode(&b, dev.size() / BLOCK_SIZE as u64) {
-            Ok(h) => Probe::Pool {
-                uuid: h.geo.uuid,
-                size_bytes: h.geo.size_bytes(),
-            },
-            Err(e) => Probe::Damaged(e),
-        },
-    )
+    Ok(damaged.map_or(Probe::NotAPool, Probe::Damaged))
 }
 
 /// [`probe`] an open file or block device, synchronously, through a
@@ -85,9 +95,22 @@ mod tests {
             }
             p => panic!("formatted device probes as {p:?}"),
         }
-        // Flip a byte of the header (not the magic): damaged, still a pool.
-        let byte = dev.image()[100];
-        dev.poke(100, &[byte ^ 1]);
+        // Block 0 damaged or zeroed: the backup copy still says pool.
+        let img = dev.image();
+        dev.poke(100, &[img[100] ^ 1]);
+        assert!(matches!(
+            block_on(probe(&*dev)).unwrap(),
+            Probe::Pool { .. }
+        ));
+        dev.poke(0, &[0; 8]);
+        assert!(matches!(
+            block_on(probe(&*dev)).unwrap(),
+            Probe::Pool { .. }
+        ));
+        // Both copies damaged (not the magic): damaged, still a pool.
+        dev.poke(0, &img[..8]);
+        let b = HEADER_BACKUP_BLK as usize * BLOCK_SIZE + 100;
+        dev.poke(b as u64, &[img[b] ^ 1]);
         let p = block_on(probe(&*dev)).unwrap();
         assert!(
             matches!(&p, Probe::Damaged(Error::Corrupt { block: 0, .. })),
