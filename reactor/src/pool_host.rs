@@ -144,7 +144,9 @@ pub struct PoolHost {
 }
 
 impl PoolHost {
-    /// Create the backing file (sparse, `size` bytes) unless it exists, format a pool on it and host it.
+    /// Create the backing file (sparse, `size` bytes) unless it exists, allocate
+    /// its metadata ranges (a full host file system then fails only data
+    /// writes), format a pool on it and host it.
     pub fn create(
         reactors: ReactorsHandle,
         nreact: usize,
@@ -169,6 +171,7 @@ impl PoolHost {
                 f.set_len(size)
                     .map_err(|e| Error::io("size pool file", size, e))?;
             }
+            sluice_engine::dev::preallocate_metadata(&f, zone_size)?;
         }
         let uuid = {
             use rand_like::fill;
@@ -277,6 +280,13 @@ impl PoolHost {
                                 } else {
                                     Zone::open(dev.clone(), geo.clone(), z, cfg.clone()).await?
                                 };
+                                let pool = name.clone();
+                                zone.on_shutdown(move |z, why| {
+                                    eprintln!(
+                                        "sluice: pool '{pool}' zone {z} shut down: {why}; \
+                                         it still serves reads, writes fail until the pool is reopened"
+                                    )
+                                });
                                 lp.borrow_mut().zones.insert(z, Rc::new(zone));
                             }
                             Ok::<_, Error>(())

@@ -8,7 +8,7 @@ mod file;
 mod mem;
 pub mod sim;
 
-pub use file::FileDev;
+pub use file::{preallocate_metadata, FileDev};
 pub use mem::MemDev;
 pub use sim::{SimConfig, SimDev};
 
