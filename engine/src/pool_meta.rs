@@ -33,12 +33,7 @@ impl<D: BlockDev> PoolMeta<D> {
     /// Write a new pool header (and its backup) and an empty catalog.
     pub async fn format(dev: Rc<D>, zone_size: u64, uuid: [u8; 16]) -> Result<Self> {
         let bs = BLOCK_SIZE as u64;
-        if !zone_size.is_multiple_of(bs) || zone_size / bs > u32::MAX as u64 {
-            return Err(Error::Invalid(format!(
-                "zone size {zone_size} is not a multiple of 4 KiB"
-            )));
-        }
-        let geo = Geometry::compute(uuid, dev.size() / bs, (zone_size / bs) as u32)?;
+        let geo = Geometry::for_device(uuid, dev.size(), zone_size)?;
         let created_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

@@ -150,7 +150,9 @@ pub struct PoolHost {
 }
 
 impl PoolHost {
-    /// Create the backing file (sparse, `size` bytes) unless it exists, format a pool on it and host it.
+    /// Create the backing file (sparse, `size` bytes) unless it exists, allocate
+    /// its metadata ranges (a full host file system then fails only data
+    /// writes), format a pool on it and host it.
     ///
     /// The device is locked before anything is written, and a device that
     /// holds a pool (valid or damaged) is formatted only with `force`; a
@@ -193,6 +195,7 @@ impl PoolHost {
             file.set_len(size)
                 .map_err(|e| Error::io("size pool file", size, e))?;
         }
+        sluice_engine::dev::preallocate_metadata(file, zone_size)?;
         let uuid = {
             use rand_like::fill;
             fill()
@@ -310,6 +313,13 @@ impl PoolHost {
                                 } else {
                                     Zone::open(dev.clone(), geo.clone(), z, cfg.clone()).await?
                                 };
+                                let pool = name.clone();
+                                zone.on_shutdown(move |z, why| {
+                                    eprintln!(
+                                        "sluice: pool '{pool}' zone {z} shut down: {why}; \
+                                         it still serves reads, writes fail until the pool is reopened"
+                                    )
+                                });
                                 lp.borrow_mut().zones.insert(z, Rc::new(zone));
                             }
                             Ok::<_, Error>(())

@@ -8,8 +8,10 @@
 use super::{check_range, BlockDev, BufResult, DeviceLock};
 use crate::buf::AlignedBuf;
 use crate::error::{Error, Result};
+use crate::format::Geometry;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -67,6 +69,54 @@ impl FileDev {
     pub fn file(&self) -> &File {
         &self.file
     }
+}
+
+/// Allocate, in the regular file `file` about to hold a pool with zones of
+/// `zone_size` bytes, every metadata range of that pool
+/// ([`Geometry::metadata_ranges`]); returns the bytes allocated. Without
+/// this a thin pool file gets its metadata blocks on first write, and a full
+/// host file system then fails log and checkpoint writes (shutting zones
+/// down) instead of only the data writes that do not fit. `fallocate` mode
+/// 0: real blocks, nothing written (not `posix_fallocate`, which may emulate
+/// by writing zeros). A block device needs nothing (returns 0).
+pub fn preallocate_metadata(file: &File, zone_size: u64) -> Result<u64> {
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("preallocate: stat", 0, e))?;
+    if !meta.is_file() {
+        return Ok(0);
+    }
+    let dev_bytes = device_size(file).map_err(|e| Error::io("preallocate: size", 0, e))?;
+    let geo = Geometry::for_device([0; 16], dev_bytes, zone_size)?;
+    let ranges = geo.metadata_ranges();
+    let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+    for r in ranges {
+        // SAFETY: plain syscall on an open descriptor; no memory passed.
+        let rc = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                0,
+                r.start as libc::off_t,
+                (r.end - r.start) as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT) => Error::NoSpace(format!(
+                    "the host file system has no room for the pool's metadata \
+                     ({} MiB of the file must be allocated at creation): {e}",
+                    total.div_ceil(1 << 20)
+                )),
+                Some(libc::EOPNOTSUPP) => Error::Invalid(format!(
+                    "the host file system cannot allocate the pool's metadata \
+                     at creation (fallocate: {e}); use another file system or a block device"
+                )),
+                _ => Error::io("preallocate metadata", r.start, e),
+            });
+        }
+    }
+    Ok(total)
 }
 
 /// Size of a regular file or a block device, rounded down to whole blocks.

@@ -9,7 +9,7 @@ mod lock;
 mod mem;
 pub mod sim;
 
-pub use file::FileDev;
+pub use file::{preallocate_metadata, FileDev};
 pub use lock::DeviceLock;
 pub use mem::MemDev;
 pub use sim::{SimConfig, SimDev};

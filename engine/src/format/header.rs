@@ -146,6 +146,35 @@ impl Geometry {
     pub fn data_bitmap_bytes(&self) -> usize {
         (self.zone_blocks as usize).div_ceil(8)
     }
+
+    /// Lay out a pool on a device of `dev_bytes` with zones of `zone_size` bytes.
+    pub fn for_device(uuid: [u8; 16], dev_bytes: u64, zone_size: u64) -> Result<Self> {
+        let bs = BLOCK_SIZE as u64;
+        if !zone_size.is_multiple_of(bs) || zone_size / bs > u32::MAX as u64 {
+            return Err(Error::Invalid(format!(
+                "zone size {zone_size} is not a multiple of 4 KiB"
+            )));
+        }
+        Self::compute(uuid, dev_bytes / bs, (zone_size / bs) as u32)
+    }
+
+    /// Byte ranges of the pool that hold metadata, ascending, adjacent ones
+    /// merged: the header and catalog before zone 0, and in every zone all
+    /// before its data blocks. A thin pool file has these allocated at
+    /// creation so that a full host file system fails only data writes.
+    pub fn metadata_ranges(&self) -> Vec<std::ops::Range<u64>> {
+        let bs = BLOCK_SIZE as u64;
+        let mut out: Vec<std::ops::Range<u64>> = Vec::with_capacity(self.nzones as usize);
+        let zones = (0..self.nzones).map(|z| self.abs(z, 0)..self.abs(z, self.data_start));
+        for r in std::iter::once(0..self.zone0_start).chain(zones) {
+            let r = r.start * bs..r.end * bs;
+            match out.last_mut() {
+                Some(last) if last.end == r.start => last.end = r.end,
+                _ => out.push(r),
+            }
+        }
+        out
+    }
 }
 
 /// Block 0 of the pool.
@@ -274,6 +303,24 @@ impl PoolHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_ranges_cover_header_and_each_zone_up_to_its_data() {
+        let bs = BLOCK_SIZE as u64;
+        let g = Geometry::for_device([1; 16], 1 << 30, 64 << 20).unwrap();
+        let r = g.metadata_ranges();
+        assert_eq!(r.len(), g.nzones as usize, "header merges with zone 0");
+        assert_eq!(r[0], 0..g.abs(0, g.data_start) * bs);
+        for z in 1..g.nzones {
+            assert_eq!(r[z as usize], g.abs(z, 0) * bs..g.abs(z, g.data_start) * bs);
+        }
+        let total: u64 = r.iter().map(|x| x.end - x.start).sum();
+        assert_eq!(
+            total,
+            (g.zone0_start + g.nzones as u64 * g.data_start as u64) * bs
+        );
+        assert!(Geometry::for_device([1; 16], 1 << 30, (64 << 20) + 512).is_err());
+    }
 
     #[test]
     fn header_round_trip_and_flips_detected() {

@@ -38,6 +38,14 @@ impl<D: BlockDev> Zone<D> {
                 detail,
             })
         };
+        if let Some(why) = self.is_failed() {
+            p(
+                "shutdown",
+                format!(
+                    "stopped after an error, serving reads only until the pool is reopened: {why}"
+                ),
+            );
+        }
         let g = &*self.geo;
         let (lrecs, rrecs) = {
             let mut t = self.trees.lock().await;

@@ -28,8 +28,8 @@ impl<D: BlockDev> Zone<D> {
     }
 
     /// Whether the chunk holds data (false: a hole that reads as zeros).
+    /// Served by a shut-down zone too, like reads.
     pub async fn is_mapped(&self, vol: &VolInfo, chunk: u64) -> Result<bool> {
-        self.check_ok()?;
         let _g = self.chunks.read((vol.id, chunk)).await;
         Ok(self.lookup(vol.id, chunk).await?.is_some())
     }
@@ -45,8 +45,11 @@ impl<D: BlockDev> Zone<D> {
 
     /// Read `span` of a chunk: `None` when the chunk is a hole (reads as
     /// zeros), else a buffer of exactly `span.len` bytes.
+    ///
+    /// A shut-down zone still reads: it writes nothing more, so no data
+    /// block its maps name can be reused, and the maps in memory name what
+    /// was written last (full-chunk reads verify the chunk crc as always).
     pub async fn read_span(&self, vol: &VolInfo, span: ChunkSpan) -> Result<Option<AlignedBuf>> {
-        self.check_ok()?;
         let cs = vol.chunk_size();
         let _g = self.chunks.read((vol.id, span.chunk)).await;
         let ext = self.lookup(vol.id, span.chunk).await?;
@@ -274,11 +277,21 @@ impl<D: BlockDev> Zone<D> {
     }
 
     /// Write `buf` at data block `pblk` (the caller owns the blocks and
-    /// gives them back on error).
+    /// gives them back on error). A host file system that is full (or over
+    /// quota) under a thin pool file fails the write with no-space, which
+    /// the client sees as ENOSPC; the zone stays online, since its metadata
+    /// was allocated at creation and nothing durable is in doubt.
     async fn write_blocks(&self, pblk: u32, buf: AlignedBuf) -> Result<()> {
         let off = self.byte_off(pblk);
+        let nblk = buf.len() / BLOCK_SIZE;
         let (_buf, r) = self.dev.write_at(buf, off).await;
-        r.map_err(|err| Error::io("write", off, err))
+        r.map_err(|err| match err.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => Error::NoSpace(format!(
+                "host file system full: zone {} could not write {nblk} data blocks at byte {off}: {err}",
+                self.idx
+            )),
+            _ => Error::io("write", off, err),
+        })
     }
 
     fn count_written(&self, chunks: usize, blocks: u32) {

@@ -124,9 +124,21 @@ pub struct Zone<D: BlockDev> {
     /// Per-(volume, chunk) ordering of reads and writes.
     chunks: KeyedRwLock<(u32, u64)>,
     cfg: ZoneConfig,
+    /// Told once when the zone shuts down (see [`Zone::on_shutdown`]).
+    on_shutdown: RefCell<Option<ShutdownHook>>,
 }
 
+/// Called with the zone index and the reason when a zone shuts down.
+pub type ShutdownHook = Box<dyn Fn(u32, &str)>;
+
 impl<D: BlockDev> Zone<D> {
+    /// Have `hook` called, once, when this zone shuts down. The engine has
+    /// no logger: whoever hosts the zone says so at once (the daemon on
+    /// stderr), rather than on the next request that happens to fail.
+    pub fn on_shutdown(&self, hook: impl Fn(u32, &str) + 'static) {
+        *self.on_shutdown.borrow_mut() = Some(Box::new(hook));
+    }
+
     pub fn index(&self) -> u32 {
         self.idx
     }
@@ -174,12 +186,21 @@ impl<D: BlockDev> Zone<D> {
         }
     }
 
-    /// Stop serving after an error that may have left durable state unknown
-    /// (a failed log or checkpoint write); reopening the pool recovers.
+    /// Stop taking writes after an error that may have left durable state
+    /// unknown (a failed log or checkpoint write); reopening the pool
+    /// recovers. Reads of what the maps hold go on (see `read_span`).
     fn fail(&self, e: &Error) {
-        let mut st = self.st.borrow_mut();
-        if st.failed.is_none() {
-            st.failed = Some(e.to_string());
+        let why = {
+            let mut st = self.st.borrow_mut();
+            if st.failed.is_some() {
+                return;
+            }
+            let why = e.to_string();
+            st.failed = Some(why.clone());
+            why
+        };
+        if let Some(hook) = &*self.on_shutdown.borrow() {
+            hook(self.idx, &why);
         }
     }
 

@@ -42,6 +42,7 @@ impl<D: BlockDev> Zone<D> {
             st: RefCell::new(st),
             chunks: KeyedRwLock::default(),
             cfg,
+            on_shutdown: RefCell::default(),
         }
     }
 
