@@ -52,13 +52,17 @@ impl ZoneRouter {
         self.reactors.call_async(r, job).await.map_err(call_err)?
     }
 
-    /// Run a per-zone future on the zone's owner.
+    /// Run a per-zone future on the zone's owner. On the owner itself this
+    /// must not allocate (the I/O path's fallback runs here).
     pub(crate) async fn run_on<T, F, Fut>(&self, z: u32, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(Rc<Zone<UringDev>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + 'static,
     {
+        if current().map(|c| c.index) == Some(self.owner(z)) {
+            return f(local_zone(&self.pool, z)?).await;
+        }
         let pool = self.pool.clone();
         self.on_reactor(self.owner(z), move || async move {
             f(local_zone(&pool, z)?).await
