@@ -12,6 +12,8 @@
 //! - [`intent_log`]: intent record and log block formats
 //! - [`zone`]: a zone's read/write paths, commit, checkpoint, recovery, scrub
 //! - [`volume`]: chunk geometry and placement of chunks on zones
+//! - [`zones`]: how the lifecycle reaches a pool's zones, wherever they live
+//! - [`lifecycle`]: create, delete, resize, usage, block status, check — once
 //! - [`pool`]: the whole pool on one thread (tools, tests, the crash simulator)
 
 pub mod bitmap;
@@ -23,6 +25,7 @@ pub mod dev;
 pub mod error;
 pub mod format;
 pub mod intent_log;
+pub mod lifecycle;
 pub mod lmap;
 pub mod pool;
 pub mod pool_meta;
@@ -30,11 +33,14 @@ pub mod rmap;
 pub mod sync;
 pub mod volume;
 pub mod zone;
+pub mod zones;
 
 pub use buf::{AlignedBuf, BLOCK_SIZE};
 pub use error::{Error, Result};
 pub use format::Compression;
-pub use pool::{Pool, PoolOptions, PoolUsage};
+pub use lifecycle::PoolUsage;
+pub use pool::{Pool, PoolOptions};
 pub use pool_meta::PoolMeta;
 pub use volume::VolInfo;
 pub use zone::{Problem, Zone, ZoneConfig};
+pub use zones::{ZoneOp, ZoneOut, ZoneUsage, Zones};

@@ -1,17 +1,20 @@
 //! A whole pool on one thread: header, catalog and every zone.
 //!
 //! This is the engine's complete single-threaded API, used by tools, tests
-//! and the crash simulator. The daemon uses the same parts (`PoolMeta` for
-//! the header and catalog, `Zone`s distributed over reactors).
+//! and the crash simulator. Its lifecycle (delete, resize, usage, ...) is
+//! [`crate::lifecycle`] over its own zones ([`Zones`]); the daemon runs the
+//! same functions over zones distributed on reactors.
 
-use crate::buf::{AlignedBuf, BLOCK_SIZE};
+use crate::buf::AlignedBuf;
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
-use crate::format::{Compression, Geometry, VolumeEntry, VOL_DELETING};
+use crate::format::{Compression, Geometry, VolumeEntry};
+use crate::lifecycle::{self, PoolUsage};
 use crate::pool_meta::PoolMeta;
-use crate::volume::{VolInfo, SECTOR};
+use crate::volume::VolInfo;
 use crate::zone::{Problem, Zone, ZoneConfig};
-use std::collections::HashMap;
+use crate::zones::{zone_usage, ZoneOp, ZoneOut, Zones};
+use futures::future::join_all;
 use std::rc::Rc;
 
 #[derive(Debug, Clone)]
@@ -26,30 +29,6 @@ impl Default for PoolOptions {
         PoolOptions {
             zone_size: 256 << 20,
             zone: ZoneConfig::default(),
-        }
-    }
-}
-
-/// Space figures for reporting.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PoolUsage {
-    pub size_bytes: u64,
-    /// Physical bytes in use: data, metadata areas, logs, headers.
-    pub used_bytes: u64,
-    /// Physical bytes holding chunk data.
-    pub data_bytes: u64,
-    /// Logical bytes of all mapped chunks.
-    pub logical_used_bytes: u64,
-    pub zones: u32,
-}
-
-impl PoolUsage {
-    /// Logical bytes per physical data byte (1.0 when nothing is stored).
-    pub fn compression_ratio(&self) -> f64 {
-        if self.data_bytes == 0 {
-            1.0
-        } else {
-            self.logical_used_bytes as f64 / self.data_bytes as f64
         }
     }
 }
@@ -93,16 +72,7 @@ impl<D: BlockDev> Pool<D> {
             zones.push(Zone::open(dev.clone(), geo.clone(), z, opts.zone.clone()).await?);
         }
         let pool = Pool { meta, zones };
-        let dying: Vec<VolumeEntry> = pool
-            .meta
-            .catalog()
-            .volumes
-            .into_iter()
-            .filter(|v| v.deleting())
-            .collect();
-        for v in dying {
-            pool.finish_delete(&v).await?;
-        }
+        lifecycle::finish_deletes(&pool.meta, &pool).await?;
         Ok(pool)
     }
 
@@ -134,83 +104,17 @@ impl<D: BlockDev> Pool<D> {
         chunk_size: u64,
         compression: Compression,
     ) -> Result<VolInfo> {
-        let e = self
-            .meta
-            .create_volume(name, size, chunk_size, compression)
-            .await?;
+        let e = lifecycle::create_volume(&self.meta, name, size, chunk_size, compression).await?;
         Ok(VolInfo::from_entry(&e))
     }
 
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
-        let v = self.meta.volume(name)?;
-        let v = self
-            .meta
-            .update(|c| {
-                let e = c
-                    .volumes
-                    .iter_mut()
-                    .find(|x| x.id == v.id)
-                    .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))?;
-                e.flags |= VOL_DELETING;
-                Ok(e.clone())
-            })
-            .await?;
-        self.finish_delete(&v).await
+        lifecycle::delete_volume(&self.meta, self, name).await
     }
 
-    async fn finish_delete(&self, v: &VolumeEntry) -> Result<()> {
-        for z in &self.zones {
-            z.delete_volume(v.id).await?;
-        }
-        for z in &self.zones {
-            z.flush().await?;
-        }
-        self.meta
-            .update(|c| {
-                c.volumes.retain(|x| x.id != v.id);
-                Ok(())
-            })
-            .await
-    }
-
-    /// Grow or shrink a volume. Shrinking drops the data beyond the new end
-    /// first, so growing again later reads zeros there.
+    /// Grow or shrink a volume ([`lifecycle::resize_volume`]).
     pub async fn resize_volume(&self, name: &str, size: u64) -> Result<VolInfo> {
-        let e = self.meta.volume(name)?;
-        if size == 0 || !size.is_multiple_of(SECTOR) || size > 1 << 50 {
-            return Err(Error::Invalid(format!(
-                "volume size {size} must be a positive multiple of 512 up to 1 PiB"
-            )));
-        }
-        let v = VolInfo::from_entry(&e);
-        if size < v.size {
-            let cs = v.chunk_size() as u64;
-            let tail_end = size.div_ceil(cs) * cs;
-            if tail_end > size {
-                self.write_zeroes(&v, size, tail_end.min(v.size) - size)
-                    .await?;
-            }
-            let first = size.div_ceil(cs);
-            for z in &self.zones {
-                z.unmap_from(&v, first).await?;
-            }
-            for z in &self.zones {
-                z.flush().await?;
-            }
-        }
-        let id = v.id;
-        let e = self
-            .meta
-            .update(|c| {
-                let e = c
-                    .volumes
-                    .iter_mut()
-                    .find(|x| x.id == id)
-                    .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))?;
-                e.size = size;
-                Ok(e.clone())
-            })
-            .await?;
+        let e = lifecycle::resize_volume(&self.meta, self, name, size).await?;
         Ok(VolInfo::from_entry(&e))
     }
 
@@ -255,66 +159,45 @@ impl<D: BlockDev> Pool<D> {
         offset: u64,
         len: u64,
     ) -> Result<Vec<(u64, u64, bool)>> {
-        v.check_range(offset, len)?;
-        let mut out: Vec<(u64, u64, bool)> = Vec::new();
-        for s in v.split(offset, len) {
-            let m = self.zone_for(v, s.chunk).is_mapped(v, s.chunk).await?;
-            let start = offset + s.buf_off as u64;
-            match out.last_mut() {
-                Some(last) if last.2 == m => last.1 += s.len as u64,
-                _ => out.push((start, s.len as u64, m)),
-            }
-        }
-        Ok(out)
+        lifecycle::block_status(self, v, offset, len).await
     }
 
     /// Make every completed write durable on every zone.
     pub async fn flush(&self) -> Result<()> {
-        for z in &self.zones {
-            z.flush().await?;
-        }
-        Ok(())
+        lifecycle::flush(self).await
     }
 
     /// Checkpoint every zone (clean shutdown leaves nothing to replay).
     pub async fn close(self) -> Result<()> {
-        for z in &self.zones {
-            z.checkpoint().await?;
-        }
-        Ok(())
+        lifecycle::checkpoint(&self).await
     }
 
     pub fn usage(&self) -> PoolUsage {
-        let g = self.geometry();
-        let bs = BLOCK_SIZE as u64;
-        let mut u = PoolUsage {
-            size_bytes: g.size_bytes(),
-            used_bytes: g.pool_header_blocks() * bs,
-            zones: g.nzones,
-            ..Default::default()
-        };
-        for z in &self.zones {
-            let c = z.counters();
-            u.used_bytes += z.used_blocks() as u64 * bs;
-            u.data_bytes += c.data_blocks * bs;
-            u.logical_used_bytes += c.logical_bytes;
-        }
-        u
+        PoolUsage::gather(self.geometry(), self.zones.iter().map(zone_usage))
     }
 
     /// Scrub every zone; `deep` also reads and verifies every chunk.
     pub async fn check(&self, deep: bool) -> Result<Vec<Problem>> {
-        let vols: HashMap<u32, VolInfo> = self
-            .meta
-            .catalog()
-            .volumes
-            .iter()
-            .map(|e| (e.id, VolInfo::from_entry(e)))
-            .collect();
-        let mut out = Vec::new();
-        for z in &self.zones {
-            out.extend(z.check(&vols, deep).await?);
-        }
-        Ok(out)
+        lifecycle::check(&self.meta.catalog(), self, deep).await
+    }
+}
+
+/// Every zone is here: an operation runs on the calling thread.
+impl<D: BlockDev> Zones for Pool<D> {
+    fn nzones(&self) -> u32 {
+        self.zones.len() as u32
+    }
+
+    async fn on_zone(&self, z: u32, op: ZoneOp) -> Result<ZoneOut> {
+        let zone = self
+            .zones
+            .get(z as usize)
+            .ok_or_else(|| Error::NotFound(format!("zone {z}")))?;
+        op.run(zone).await
+    }
+
+    async fn on_every_zone(&self, op: ZoneOp) -> Result<Vec<ZoneOut>> {
+        let runs = self.zones.iter().map(|z| op.clone().run(z));
+        join_all(runs).await.into_iter().collect()
     }
 }

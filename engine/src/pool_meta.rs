@@ -8,8 +8,8 @@ use crate::error::{Error, Result};
 use crate::format::catalog::validate_name;
 use crate::format::header::{FORMAT_VERSION, HEADER_BACKUP_BLK};
 use crate::format::{Catalog, Compression, Geometry, PoolHeader, VolumeEntry};
-use crate::sync::LocalMutex;
-use crate::volume::{chunk_shift_for, SECTOR};
+use crate::sync::{LocalGuard, LocalMutex};
+use crate::volume::{check_size, chunk_shift_for};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -19,6 +19,9 @@ pub struct PoolMeta<D: BlockDev> {
     dev: Rc<D>,
     catalog: RefCell<Catalog>,
     lock: LocalMutex,
+    /// Serializes volume changes that span the catalog and the zones
+    /// (`crate::lifecycle`): a resize must not interleave with another.
+    changes: LocalMutex,
 }
 
 impl<D: BlockDev> PoolMeta<D> {
@@ -59,6 +62,7 @@ impl<D: BlockDev> PoolMeta<D> {
                 volumes: Vec::new(),
             }),
             lock: LocalMutex::default(),
+            changes: LocalMutex::default(),
         };
         let cat = meta.catalog();
         meta.write_catalog(cat).await?;
@@ -108,6 +112,7 @@ impl<D: BlockDev> PoolMeta<D> {
             dev,
             catalog: RefCell::new(catalog),
             lock: LocalMutex::default(),
+            changes: LocalMutex::default(),
         };
         if !stale.is_empty() {
             // An update cut short by a crash, or a bad block: both copies
@@ -189,6 +194,11 @@ impl<D: BlockDev> PoolMeta<D> {
         Ok(())
     }
 
+    /// Hold while changing a volume across the catalog and the zones.
+    pub async fn lock_changes(&self) -> LocalGuard<'_> {
+        self.changes.lock().await
+    }
+
     /// Apply `f` to a copy of the catalog and persist the result.
     pub async fn update<T>(&self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T> {
         let _g = self.lock.lock().await;
@@ -217,14 +227,7 @@ impl<D: BlockDev> PoolMeta<D> {
     ) -> Result<VolumeEntry> {
         validate_name(name)?;
         let chunk_shift = chunk_shift_for(chunk_size)?;
-        if size == 0 || !size.is_multiple_of(SECTOR) {
-            return Err(Error::Invalid(format!(
-                "volume size {size} must be a positive multiple of 512"
-            )));
-        }
-        if size > 1 << 50 {
-            return Err(Error::Invalid(format!("volume size {size} exceeds 1 PiB")));
-        }
+        check_size(size)?;
         self.update(|c| {
             if c.find(name).is_some() {
                 return Err(Error::Exists(format!("volume '{name}'")));

@@ -175,6 +175,19 @@ impl Iterator for ChunkSpans {
     }
 }
 
+/// Largest volume: 1 PiB.
+pub const MAX_VOLUME_SIZE: u64 = 1 << 50;
+
+/// Validate a volume size: a positive multiple of 512 up to 1 PiB.
+pub fn check_size(size: u64) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(SECTOR) || size > MAX_VOLUME_SIZE {
+        return Err(Error::Invalid(format!(
+            "volume size {size} must be a positive multiple of {SECTOR} up to 1 PiB"
+        )));
+    }
+    Ok(())
+}
+
 /// Validate a chunk size: a power of two from 4 KiB to 1 MiB.
 pub fn chunk_shift_for(chunk_size: u64) -> Result<u8> {
     if !chunk_size.is_power_of_two()

@@ -3,7 +3,13 @@
 //! (sometimes again during recovery), recover, and check that
 //! - every write replied before the last completed FLUSH reads back exactly,
 //! - later writes read back as the old or the new data, per sector,
+//! - a volume whose resize was cut short has the old or the new size, and
+//!   what a shrink cut off reads as zeros (or, if the shrink did not finish,
+//!   as before); a grow reads zeros,
 //! - scrub (`check`, deep) finds nothing.
+//!
+//! The workload also checks that after a shrink, I/O through a `VolInfo`
+//! with the old size (an NBD connection opened before) is refused.
 //!
 //! After every crash one metadata block of the image is damaged (a random
 //! byte flipped in even seeds, the whole block zeroed in odd ones): the pool
@@ -72,6 +78,26 @@ struct VolModel {
     info: VolInfo,
     /// Per sector: acceptable write ids, the last one current (0 = zeros).
     cands: Vec<Vec<u64>>,
+    /// The size a resize in flight at the crash would give (else `None`).
+    resizing: Option<u64>,
+}
+
+impl VolModel {
+    fn new(info: VolInfo) -> Self {
+        VolModel {
+            info,
+            cands: vec![vec![0]; info.size as usize / SECTOR],
+            resizing: None,
+        }
+    }
+
+    /// The volume now has `info` (its size settled): sectors past a
+    /// shrink are gone, sectors a grow adds read as zeros.
+    fn resized(&mut self, info: VolInfo) {
+        self.cands.resize(info.size as usize / SECTOR, vec![0]);
+        self.info = info;
+        self.resizing = None;
+    }
 }
 
 struct Model {
@@ -81,6 +107,16 @@ struct Model {
     uncertain: Vec<String>,
     next_w: u64,
     flushes: u64,
+    resizes: Resizes,
+}
+
+/// What the resizes of an episode did.
+#[derive(Default, Debug, Clone, Copy)]
+struct Resizes {
+    grows: u64,
+    shrinks: u64,
+    /// I/O with the pre-shrink size refused after a shrink.
+    stale_refused: u64,
 }
 
 impl Model {
@@ -122,6 +158,7 @@ struct Totals {
     replayed: u64,
     recovery_crashes: u64,
     nospace: u64,
+    resizes: Resizes,
     /// Metadata blocks damaged after a crash, by structure.
     damaged: HashMap<&'static str, u64>,
     /// Damaged B+tree nodes that recovery, a read or scrub reported.
@@ -207,6 +244,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
         uncertain: vec![],
         next_w: 1,
         flushes: 0,
+        resizes: Resizes::default(),
     };
     let fill = seed % 7 == 3;
     let rounds = rng.gen_range(1..=3);
@@ -292,6 +330,9 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
             return Ok(());
         }
     }
+    tot.resizes.grows += m.resizes.grows;
+    tot.resizes.shrinks += m.resizes.shrinks;
+    tot.resizes.stale_refused += m.resizes.stale_refused;
     Ok(())
 }
 
@@ -334,9 +375,16 @@ fn verify(
                 info.id, vm.info.id
             ));
         }
+        if info.size != vm.info.size && vm.resizing != Some(info.size) {
+            return Err(format!(
+                "volume {name} has size {} not {} (resizing to {:?})",
+                info.size, vm.info.size, vm.resizing
+            ));
+        }
+        vm.resized(info);
         let mut buf = vec![0u8; info.size as usize];
         let cs = info.chunk_size();
-        let mut unreadable = vec![false; buf.len() / cs];
+        let mut unreadable = vec![false; buf.len().div_ceil(cs)];
         for (c, piece) in buf.chunks_mut(cs).enumerate() {
             match block_on(pool.read(&info, (c * cs) as u64, piece)) {
                 Ok(()) => {}
@@ -389,7 +437,6 @@ fn verify(
     for n in unsettled {
         if let (false, Ok(info)) = (m.vols.contains_key(&n), pool.volume(&n)) {
             {
-                let nsec = info.size as usize / SECTOR;
                 // A volume created just before the crash: it exists, empty.
                 let mut buf = vec![0u8; info.size as usize];
                 match block_on(pool.read(&info, 0, &mut buf)) {
@@ -403,13 +450,7 @@ fn verify(
                 if buf.iter().any(|&b| b != 0) {
                     return Err(format!("new volume {n} is not empty"));
                 }
-                m.vols.insert(
-                    n,
-                    VolModel {
-                        info,
-                        cands: vec![vec![0]; nsec],
-                    },
-                );
+                m.vols.insert(n, VolModel::new(info));
             }
         }
     }
@@ -442,13 +483,7 @@ async fn step(
             m.uncertain.push(name.clone());
             let info = pool.create_volume(&name, size, cs, comp).await?;
             m.uncertain.retain(|n| n != &name);
-            m.vols.insert(
-                name,
-                VolModel {
-                    info,
-                    cands: vec![vec![0]; size as usize / SECTOR],
-                },
-            );
+            m.vols.insert(name, VolModel::new(info));
         }
         5..=6 if live.len() > 1 => {
             let name = live[rng.gen_range(0..live.len())].clone();
@@ -456,6 +491,10 @@ async fn step(
             pool.delete_volume(&name).await?;
             m.vols.remove(&name);
             m.uncertain.retain(|n| n != &name);
+        }
+        17..=20 => {
+            let name = live[rng.gen_range(0..live.len())].clone();
+            return resize(pool, m, rng, &name, fill).await;
         }
         7..=16 => {
             pool.flush().await?;
@@ -525,6 +564,64 @@ async fn step(
             r?;
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// Grow or shrink `name` to a random size (not always whole chunks), then,
+/// after a shrink, try I/O past the new end with the old size.
+async fn resize(
+    pool: &Pool<SimDev>,
+    m: &mut Model,
+    rng: &mut SmallRng,
+    name: &str,
+    fill: bool,
+) -> Result<(), Error> {
+    let old = m.vols[name].info;
+    let cs = old.chunk_size() as u64;
+    let max_sec = cs * if fill { 160 } else { 40 } / SECTOR as u64;
+    let size = rng.gen_range(1..=max_sec) * SECTOR as u64;
+    let v = m.vols.get_mut(name).expect("live volume");
+    v.resizing = Some(size);
+    // Until the shrink is done, what it cuts off may already read as zeros.
+    for c in v.cands.iter_mut().skip(size as usize / SECTOR) {
+        c.push(0);
+    }
+    match pool.resize_volume(name, size).await {
+        Ok(info) => {
+            v.resized(info);
+            if size < old.size {
+                m.resizes.shrinks += 1;
+            } else {
+                m.resizes.grows += 1;
+            }
+        }
+        // Zones may refuse I/O past the new end while the catalog has the
+        // old size: the model cannot follow; end the round as a crash.
+        Err(Error::NoSpace(e)) => return Err(Error::Invalid(format!("resize: {e}"))),
+        Err(e) => return Err(e),
+    }
+    if size < old.size {
+        let at = rng.gen_range(size / SECTOR as u64..old.size / SECTOR as u64) * SECTOR as u64;
+        let len = (old.size - at).min(8 * SECTOR as u64);
+        let data = vec![0x5a; len as usize];
+        match pool.write(&old, at, &data).await {
+            Err(Error::OutOfRange(_)) => m.resizes.stale_refused += 1,
+            Ok(()) => panic!(
+                "write at {at} with the old size {} accepted after a shrink to {size}",
+                old.size
+            ),
+            Err(e) => return Err(e),
+        }
+        let mut buf = vec![0; len as usize];
+        match pool.read(&old, at, &mut buf).await {
+            Err(Error::OutOfRange(_)) => m.resizes.stale_refused += 1,
+            Ok(()) => panic!(
+                "read at {at} with the old size {} accepted after a shrink to {size}",
+                old.size
+            ),
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod stats;
 pub mod uring_dev;
 pub mod volume_export;
 mod workers;
+pub mod zone_router;
 
 pub use error::{CallError, Error, SendError};
 pub use executor::{block_on, spawn_local, yield_now, Task};
@@ -30,3 +31,4 @@ pub use ring::{sleep, RingConfig, RingStats, TaskRun};
 pub use runtime::IdlePolicy;
 pub use stats::ReactorStats;
 pub use uring_dev::{UringDev, UringDevOptions};
+pub use zone_router::ZoneRouter;

@@ -3,24 +3,27 @@
 //! (no locks on the I/O path: only the owner touches a zone). Reactor 0 also
 //! owns the pool header and catalog. Volume I/O is split by chunk; reads and
 //! writes of chunks other reactors own travel through the forwarding lanes
-//! ([`crate::forward`]), other per-zone work as messages.
+//! ([`crate::forward`]), other per-zone work as messages ([`ZoneRouter`]).
+//! Control work (delete, resize, usage, check, ...) is the engine's
+//! [`lifecycle`], run on reactor 0 over the router: no rule about volumes
+//! is repeated here.
 
 use crate::forward::{self, Lanes, Service};
 use crate::reactor::{current, ReactorsHandle};
 use crate::uring_dev::UringDev;
+use crate::zone_router::{call_err, ZoneRouter};
 use foldhash::{HashMap, HashMapExt};
 use futures::future::join_all;
 use sluice_engine::dev::DeviceLock;
-use sluice_engine::format::{
-    probe_file, uuid_hex, Catalog, Geometry, Probe, VolumeEntry, VOL_DELETING,
-};
+use sluice_engine::format::{probe_file, uuid_hex, Catalog, Geometry, Probe, VolumeEntry};
+use sluice_engine::lifecycle;
 use sluice_engine::volume::{ChunkSpan, VolInfo, WritePiece};
-use sluice_engine::zone::ZoneStats;
 use sluice_engine::{
-    AlignedBuf, Compression, Error, PoolMeta, Problem, Result, Zone, ZoneConfig, BLOCK_SIZE,
+    AlignedBuf, Compression, Error, PoolMeta, PoolUsage, Problem, Result, Zone, ZoneConfig,
 };
 use smallvec::{smallvec, SmallVec};
 use std::cell::RefCell;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, RwLock};
@@ -94,7 +97,7 @@ fn local(pool: &str) -> Result<Rc<RefCell<LocalPool>>> {
         .ok_or_else(|| Error::NotFound(format!("pool '{pool}' on this reactor")))
 }
 
-fn local_zone(pool: &str, z: u32) -> Result<Rc<Zone<UringDev>>> {
+pub(crate) fn local_zone(pool: &str, z: u32) -> Result<Rc<Zone<UringDev>>> {
     local(pool)?
         .borrow()
         .zones
@@ -104,7 +107,7 @@ fn local_zone(pool: &str, z: u32) -> Result<Rc<Zone<UringDev>>> {
 }
 
 /// The zones of `pool` this reactor owns.
-fn local_zones(pool: &str) -> Result<Vec<Rc<Zone<UringDev>>>> {
+pub(crate) fn local_zones(pool: &str) -> Result<Vec<Rc<Zone<UringDev>>>> {
     Ok(local(pool)?.borrow().zones.values().cloned().collect())
 }
 
@@ -116,24 +119,8 @@ fn local_meta(pool: &str) -> Result<Rc<PoolMeta<UringDev>>> {
         .ok_or_else(|| Error::Invalid(format!("pool '{pool}' catalog is not on this reactor")))
 }
 
-fn call_err(e: crate::error::CallError) -> Error {
-    Error::Shutdown {
-        zone: u32::MAX,
-        reason: format!("reactor unavailable: {e}"),
-    }
-}
-
 /// Space and counters of one pool (all zones).
-#[derive(Debug, Clone, Default)]
-pub struct PoolReport {
-    pub size_bytes: u64,
-    pub used_bytes: u64,
-    pub data_bytes: u64,
-    pub logical_used_bytes: u64,
-    pub zones: u32,
-    pub failed_zones: Vec<(u32, String)>,
-    pub stats: ZoneStats,
-}
+pub type PoolReport = PoolUsage;
 
 /// A pool served by a set of reactors. `Send + Sync`: the control plane and
 /// every reactor share it through an `Arc`.
@@ -143,6 +130,7 @@ pub struct PoolHost {
     geo: Geometry,
     reactors: ReactorsHandle,
     nreact: usize,
+    zones: ZoneRouter,
     catalog: RwLock<Catalog>,
     /// The device's one-owner lock, on a descriptor of its own (each reactor
     /// opens the device separately). Dropped by [`PoolHost::close`].
@@ -225,6 +213,7 @@ impl PoolHost {
         Ok(Arc::new(PoolHost {
             name: name.into(),
             path: path.into(),
+            zones: ZoneRouter::new(name, reactors.clone(), nreact, geo.nzones),
             geo,
             reactors,
             nreact,
@@ -260,15 +249,14 @@ impl PoolHost {
         let host = Arc::new(PoolHost {
             name: name.into(),
             path: path.into(),
+            zones: ZoneRouter::new(name, reactors.clone(), nreact, geo.nzones),
             geo,
             reactors,
             nreact,
-            catalog: RwLock::new(catalog.clone()),
+            catalog: RwLock::new(catalog),
             lock: Mutex::new(Some(lock)),
         });
-        for v in catalog.volumes.iter().filter(|v| v.deleting()) {
-            host.finish_delete(v.id)?;
-        }
+        host.control(|m, z| async move { lifecycle::finish_deletes(&m, &z).await })?;
         Ok(host)
     }
 
@@ -366,22 +354,26 @@ impl PoolHost {
         }
     }
 
-    /// Run a catalog change on reactor 0 and refresh the cached copy.
-    fn catalog_update<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Catalog) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let name = self.name.clone();
+    /// Run lifecycle work on reactor 0, which owns the catalog, over the
+    /// zone router; then refresh the cached catalog (also after an error:
+    /// part of the change may have been made). Blocking (control plane).
+    fn control<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<PoolMeta<UringDev>>, ZoneRouter) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T>> + 'static,
+    {
+        let (name, zones) = (self.name.clone(), self.zones.clone());
         let (out, cat) = self
             .reactors
             .call(0, move || async move {
                 let m = local_meta(&name)?;
-                let out = m.update(f).await?;
+                let out = f(m.clone(), zones).await;
                 Ok::<_, Error>((out, m.catalog()))
             })
             .map_err(call_err)??;
         self.set_catalog(cat);
-        Ok(out)
+        out
     }
 
     pub fn create_volume(
@@ -391,108 +383,34 @@ impl PoolHost {
         chunk_size: u64,
         compression: Compression,
     ) -> Result<VolumeEntry> {
-        let (pool, n) = (self.name.clone(), name.to_string());
-        let (e, cat) = self
-            .reactors
-            .call(0, move || async move {
-                let m = local_meta(&pool)?;
-                let e = m.create_volume(&n, size, chunk_size, compression).await?;
-                Ok::<_, Error>((e, m.catalog()))
-            })
-            .map_err(call_err)??;
-        self.set_catalog(cat);
-        Ok(e)
+        let n = name.to_string();
+        self.control(move |m, _| async move {
+            lifecycle::create_volume(&m, &n, size, chunk_size, compression).await
+        })
     }
 
     pub fn delete_volume(&self, name: &str) -> Result<()> {
-        let id = self.volume(name)?.id;
-        self.catalog_update(move |c| {
-            let e = c
-                .volumes
-                .iter_mut()
-                .find(|x| x.id == id)
-                .ok_or_else(|| Error::NotFound(format!("volume {id}")))?;
-            e.flags |= VOL_DELETING;
-            Ok(())
-        })?;
-        self.finish_delete(id)
+        let n = name.to_string();
+        self.control(move |m, z| async move { lifecycle::delete_volume(&m, &z, &n).await })
     }
 
-    fn finish_delete(&self, id: u32) -> Result<()> {
-        self.on_all_zones(move |z| async move {
-            z.delete_volume(id).await?;
-            z.flush().await
-        })?;
-        self.catalog_update(move |c| {
-            c.volumes.retain(|x| x.id != id);
-            Ok(())
-        })
-    }
-
-    pub fn resize_volume(self: &Arc<Self>, name: &str, size: u64) -> Result<VolumeEntry> {
-        let e = self.volume(name)?;
-        if size == 0 || !size.is_multiple_of(512) || size > 1 << 50 {
-            return Err(Error::Invalid(format!(
-                "volume size {size} must be a positive multiple of 512 up to 1 PiB"
-            )));
-        }
-        let v = VolInfo::from_entry(&e);
-        if size < v.size {
-            let cs = v.chunk_size() as u64;
-            let tail_end = (size.div_ceil(cs) * cs).min(v.size);
-            if tail_end > size {
-                let len = (tail_end - size) as u32;
-                let me = self.clone();
-                self.reactors
-                    .call(
-                        0,
-                        move || async move { me.write_zeroes(&v, size, len).await },
-                    )
-                    .map_err(call_err)??;
-            }
-            let first = size.div_ceil(cs);
-            self.on_all_zones(move |z| async move {
-                z.unmap_from(&v, first).await?;
-                z.flush().await
-            })?;
-        }
-        let id = v.id;
-        self.catalog_update(move |c| {
-            let e = c
-                .volumes
-                .iter_mut()
-                .find(|x| x.id == id)
-                .ok_or_else(|| Error::NotFound(format!("volume {id}")))?;
-            e.size = size;
-            Ok(e.clone())
-        })
-    }
-
-    /// Run `f` on every zone, on its reactor; blocking (control plane).
-    fn on_all_zones<F, Fut>(&self, f: F) -> Result<()>
-    where
-        F: Fn(Rc<Zone<UringDev>>) -> Fut + Send + Sync + Clone + 'static,
-        Fut: std::future::Future<Output = Result<()>> + 'static,
-    {
-        for r in 0..self.nreact {
-            let (name, f) = (self.name.clone(), f.clone());
-            self.reactors
-                .call(r, move || async move {
-                    let zones = local_zones(&name)?;
-                    for z in zones {
-                        f(z).await?;
-                    }
-                    Ok::<_, Error>(())
-                })
-                .map_err(call_err)??;
-        }
-        Ok(())
+    /// Grow or shrink a volume ([`lifecycle::resize_volume`]). Open
+    /// connections keep their old size, but past the new end every zone
+    /// refuses their requests from the moment the shrink reaches it.
+    pub fn resize_volume(&self, name: &str, size: u64) -> Result<VolumeEntry> {
+        let n = name.to_string();
+        self.control(move |m, z| async move { lifecycle::resize_volume(&m, &z, &n, size).await })
     }
 
     /// Reactor owning zone `z`.
     #[inline]
     pub fn owner(&self, z: u32) -> usize {
-        z as usize % self.nreact
+        self.zones.owner(z)
+    }
+
+    /// How control work reaches this pool's zones.
+    pub fn zones(&self) -> &ZoneRouter {
+        &self.zones
     }
 
     /// Run a per-zone future on the zone's owner: directly when that is the
@@ -503,15 +421,7 @@ impl PoolHost {
         F: FnOnce(Rc<Zone<UringDev>>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = Result<T>> + 'static,
     {
-        let owner = self.owner(z);
-        if current().map(|c| c.index) == Some(owner) {
-            return f(local_zone(&self.name, z)?).await;
-        }
-        let name = self.name.clone();
-        self.reactors
-            .call_async(owner, move || async move { f(local_zone(&name, z)?).await })
-            .await
-            .map_err(call_err)?
+        self.zones.run_on(z, f).await
     }
 
     /// Run a chunk operation on the zone's owner: through the forwarding
@@ -619,50 +529,12 @@ impl PoolHost {
         offset: u64,
         len: u32,
     ) -> Result<Vec<(u64, u64, bool)>> {
-        v.check_range(offset, len as u64)?;
-        let nz = self.geo.nzones;
-        let futs = v.split(offset, len as u64).map(|s| {
-            let v = *v;
-            async move {
-                let m = self
-                    .on_zone(v.zone_of(s.chunk, nz), move |z| async move {
-                        z.is_mapped(&v, s.chunk).await
-                    })
-                    .await?;
-                Ok::<_, Error>((offset + s.buf_off as u64, s.len as u64, m))
-            }
-        });
-        let mut out: Vec<(u64, u64, bool)> = Vec::new();
-        for r in join_all(futs).await {
-            let (o, l, m) = r?;
-            match out.last_mut() {
-                Some(last) if last.2 == m => last.1 += l,
-                _ => out.push((o, l, m)),
-            }
-        }
-        Ok(out)
+        lifecycle::block_status(&self.zones, v, offset, len as u64).await
     }
 
     /// Make every completed write durable: every reactor flushes its zones.
     pub async fn flush(&self) -> Result<()> {
-        let futs = (0..self.nreact).map(|r| {
-            let name = self.name.clone();
-            async move {
-                let job = move || async move {
-                    let zones = local_zones(&name)?;
-                    for r in join_all(zones.iter().map(|z| z.flush())).await {
-                        r?;
-                    }
-                    Ok::<_, Error>(())
-                };
-                if current().map(|c| c.index) == Some(r) {
-                    job().await
-                } else {
-                    self.reactors.call_async(r, job).await.map_err(call_err)?
-                }
-            }
-        });
-        join_all(futs).await.into_iter().collect()
+        lifecycle::flush(&self.zones).await
     }
 
     /// Blocking flush from a control-plane thread.
@@ -675,55 +547,13 @@ impl PoolHost {
 
     /// Checkpoint every zone (clean shutdown: nothing left to replay).
     pub fn checkpoint_all(&self) -> Result<()> {
-        self.on_all_zones(|z| async move { z.checkpoint().await })
+        self.control(|_, z| async move { lifecycle::checkpoint(&z).await })
     }
 
     /// Space and counters gathered from every reactor.
     pub fn report(&self) -> Result<PoolReport> {
-        let bs = BLOCK_SIZE as u64;
-        let mut rep = PoolReport {
-            size_bytes: self.geo.size_bytes(),
-            used_bytes: self.geo.pool_header_blocks() * bs,
-            zones: self.geo.nzones,
-            ..Default::default()
-        };
-        for r in 0..self.nreact {
-            let name = self.name.clone();
-            let parts = self
-                .reactors
-                .call(r, move || async move {
-                    let zones = local_zones(&name)?;
-                    Ok::<_, Error>(
-                        zones
-                            .iter()
-                            .map(|z| {
-                                (
-                                    z.index(),
-                                    z.used_blocks(),
-                                    z.counters(),
-                                    z.stats(),
-                                    z.is_failed(),
-                                )
-                            })
-                            .collect::<Vec<_>>(),
-                    )
-                })
-                .map_err(call_err)??;
-            for (idx, used, c, s, failed) in parts {
-                rep.used_bytes += used as u64 * bs;
-                rep.data_bytes += c.data_blocks * bs;
-                rep.logical_used_bytes += c.logical_bytes;
-                rep.stats.chunk_reads += s.chunk_reads;
-                rep.stats.chunk_writes += s.chunk_writes;
-                rep.stats.log_flushes += s.log_flushes;
-                rep.stats.checkpoints += s.checkpoints;
-                rep.stats.data_blocks_written += s.data_blocks_written;
-                if let Some(f) = failed {
-                    rep.failed_zones.push((idx, f));
-                }
-            }
-        }
-        Ok(rep)
+        let geo = self.geo.clone();
+        self.control(move |_, z| async move { lifecycle::usage(&geo, &z).await })
     }
 
     /// Zones each reactor owns.
@@ -735,29 +565,7 @@ impl PoolHost {
 
     /// Scrub every zone (`deep` reads every chunk).
     pub fn check(&self, deep: bool) -> Result<Vec<Problem>> {
-        let vols: std::collections::HashMap<u32, VolInfo> = self
-            .catalog()
-            .volumes
-            .iter()
-            .map(|e| (e.id, VolInfo::from_entry(e)))
-            .collect();
-        let mut out = Vec::new();
-        for r in 0..self.nreact {
-            let (name, vols) = (self.name.clone(), vols.clone());
-            let p = self
-                .reactors
-                .call(r, move || async move {
-                    let zones = local_zones(&name)?;
-                    let mut out = Vec::new();
-                    for z in zones {
-                        out.extend(z.check(&vols, deep).await?);
-                    }
-                    Ok::<_, Error>(out)
-                })
-                .map_err(call_err)??;
-            out.extend(p);
-        }
-        Ok(out)
+        self.control(move |m, z| async move { lifecycle::check(&m.catalog(), &z, deep).await })
     }
 
     /// Drop this pool's state from every reactor (after a checkpoint), then

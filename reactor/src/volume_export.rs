@@ -1,5 +1,11 @@
 //! A volume as an NBD export backend: requests go to `PoolHost`, which
 //! splits them by chunk and forwards pieces to the reactors owning them.
+//!
+//! A connection keeps the size it was opened with. After a shrink the
+//! zones refuse what lies past the new end (see the engine's
+//! `zone::bounds`); such a request fails like one past the announced size
+//! would: `ENOSPC` for WRITE and WRITE_ZEROES, `EINVAL` for the rest, as
+//! the NBD spec asks. New connections get the new size.
 
 use crate::iostat::{self, OpKind};
 use crate::nbd::{
@@ -26,12 +32,15 @@ impl VolumeBackend {
         }
     }
 
+    /// Count the request and map its error; `past_end` is the errno for a
+    /// range a shrink has cut off.
     fn done<T>(
         &self,
         kind: OpKind,
         bytes: u64,
         t: Instant,
         r: Result<T, Error>,
+        past_end: Errno,
     ) -> Result<T, BackendError> {
         iostat::record(
             &self.host.name,
@@ -41,7 +50,13 @@ impl VolumeBackend {
             t.elapsed(),
             r.is_ok(),
         );
-        r.map_err(to_backend)
+        r.map_err(|e| match e {
+            Error::OutOfRange(_) => BackendError {
+                errno: past_end,
+                message: e.to_string(),
+            },
+            e => to_backend(e),
+        })
     }
 }
 
@@ -82,7 +97,7 @@ impl ExportBackend for VolumeBackend {
             }
             segs
         });
-        self.done(OpKind::Read, len as u64, t, r)
+        self.done(OpKind::Read, len as u64, t, r, Errno::Inval)
     }
 
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), BackendError> {
@@ -92,19 +107,19 @@ impl ExportBackend for VolumeBackend {
         if r.is_ok() && fua {
             r = self.host.flush().await;
         }
-        self.done(OpKind::Write, n, t, r)
+        self.done(OpKind::Write, n, t, r, Errno::NoSpc)
     }
 
     async fn flush(&self) -> Result<(), BackendError> {
         let t = Instant::now();
         let r = self.host.flush().await;
-        self.done(OpKind::Flush, 0, t, r)
+        self.done(OpKind::Flush, 0, t, r, Errno::Inval)
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BackendError> {
         let t = Instant::now();
         let r = self.host.write_zeroes(&self.vol, offset, len).await;
-        self.done(OpKind::Trim, len as u64, t, r)
+        self.done(OpKind::Trim, len as u64, t, r, Errno::Inval)
     }
 
     async fn write_zeroes(
@@ -117,7 +132,7 @@ impl ExportBackend for VolumeBackend {
         // and costs no space, which is what NO_HOLE's callers need too.
         let t = Instant::now();
         let r = self.host.write_zeroes(&self.vol, offset, len).await;
-        self.done(OpKind::Trim, len as u64, t, r)
+        self.done(OpKind::Trim, len as u64, t, r, Errno::NoSpc)
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, BackendError> {

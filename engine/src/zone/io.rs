@@ -31,6 +31,7 @@ impl<D: BlockDev> Zone<D> {
     /// Served by a shut-down zone too, like reads.
     pub async fn is_mapped(&self, vol: &VolInfo, chunk: u64) -> Result<bool> {
         let _g = self.chunks.read((vol.id, chunk)).await;
+        self.check_bytes(vol.id, chunk << vol.chunk_shift, 1)?;
         Ok(self.lookup(vol.id, chunk).await?.is_some())
     }
 
@@ -52,6 +53,7 @@ impl<D: BlockDev> Zone<D> {
     pub async fn read_span(&self, vol: &VolInfo, span: ChunkSpan) -> Result<Option<AlignedBuf>> {
         let cs = vol.chunk_size();
         let _g = self.chunks.read((vol.id, span.chunk)).await;
+        self.check_end(vol, span)?;
         let ext = self.lookup(vol.id, span.chunk).await?;
         self.st.borrow_mut().stats.chunk_reads += 1;
         let Some(e) = ext else {
@@ -77,6 +79,7 @@ impl<D: BlockDev> Zone<D> {
         }
         let cs = vol.chunk_size();
         let _g = self.chunks.write((vol.id, span.chunk)).await;
+        self.check_end(vol, span)?;
         let chunk = if span.full(cs) {
             data
         } else {
@@ -126,11 +129,24 @@ impl<D: BlockDev> Zone<D> {
         for c in first..first + n as u64 {
             guards.push(self.chunks.write((vol.id, c)).await);
         }
+        let whole = ChunkSpan {
+            chunk: first,
+            off: 0,
+            len: n * cs,
+            buf_off: 0,
+        };
+        self.check_end(vol, whole)?;
         let (buf, pieces) = pack_run(vol.compression, cs, data);
         let at = self.place_run(buf, &pieces).await?;
         for (i, (p, &pblk)) in pieces.iter().zip(&at).enumerate() {
             let ext = p.extent(pblk, vol.chunk_shift);
-            self.commit_chunk(vol, first + i as u64, ext).await?;
+            if let Err(e) = self.commit_chunk(vol, first + i as u64, ext).await {
+                if let Error::OutOfRange(_) = e {
+                    // Refused before logging (a shrink got here first).
+                    self.release_run(&pieces[i..], &at[i..]);
+                }
+                return Err(e);
+            }
         }
         drop(guards);
         Ok(())
@@ -224,8 +240,15 @@ impl<D: BlockDev> Zone<D> {
         if vol.read_only {
             return Err(Error::ReadOnly(format!("volume {} is read-only", vol.id)));
         }
-        let cs = vol.chunk_size();
         let _g = self.chunks.write((vol.id, span.chunk)).await;
+        self.check_end(vol, span)?;
+        self.zero_locked(vol, span).await
+    }
+
+    /// [`Self::write_zeroes`] once the chunk's write lock is held and the
+    /// range checked (a shrink zeroes the cut tail past the new end).
+    pub(crate) async fn zero_locked(&self, vol: &VolInfo, span: ChunkSpan) -> Result<()> {
+        let cs = vol.chunk_size();
         let Some(e) = self.lookup(vol.id, span.chunk).await? else {
             return Ok(());
         };
@@ -273,7 +296,12 @@ impl<D: BlockDev> Zone<D> {
             stored_len: stored_len as u32,
             crc,
         };
-        self.commit_chunk(vol, chunk, Some(ext)).await
+        let r = self.commit_chunk(vol, chunk, Some(ext)).await;
+        if let Err(Error::OutOfRange(_)) = r {
+            // Refused before logging (a shrink got here first).
+            self.st.borrow_mut().release(pblk, nblk);
+        }
+        r
     }
 
     /// Write `buf` at data block `pblk` (the caller owns the blocks and

@@ -41,6 +41,7 @@ impl<D: BlockDev> Zone<D> {
         }
         let mut t = self.trees.lock().await;
         self.check_ok()?;
+        self.admit(&rec)?;
         let seq = {
             let mut st = self.st.borrow_mut();
             let s = st.next_seq;

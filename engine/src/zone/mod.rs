@@ -8,7 +8,10 @@
 //! - `log`: committing records, group commit, flush and checkpoints.
 //! - `recovery`: format, open and log replay.
 //! - `check`: scrub (cross-checks of lmap, rmap, bitmap and counters).
+//! - `bounds`: volume ends the zone enforces after a resize, and its share
+//!   of a shrink.
 
+mod bounds;
 mod check;
 mod io;
 mod log;
@@ -123,6 +126,9 @@ pub struct Zone<D: BlockDev> {
     st: RefCell<State>,
     /// Per-(volume, chunk) ordering of reads and writes.
     chunks: KeyedRwLock<(u32, u64)>,
+    /// `(volume, size)` of resized volumes: this zone refuses I/O past the
+    /// end (see `bounds`). Empty unless a volume was resized since open.
+    ends: RefCell<Vec<(u32, u64)>>,
     cfg: ZoneConfig,
     /// Told once when the zone shuts down (see [`Zone::on_shutdown`]).
     on_shutdown: RefCell<Option<ShutdownHook>>,

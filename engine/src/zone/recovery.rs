@@ -41,6 +41,7 @@ impl<D: BlockDev> Zone<D> {
             log_lock: LocalMutex::default(),
             st: RefCell::new(st),
             chunks: KeyedRwLock::default(),
+            ends: RefCell::default(),
             cfg,
             on_shutdown: RefCell::default(),
         }
