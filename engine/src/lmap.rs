@@ -22,6 +22,19 @@ impl BtreeOps for Lmap {
     const REC_SIZE: usize = 27;
     const OVERLAPPING: bool = false;
 
+    fn describe_keys(lo: Option<&(u32, u64)>, hi: Option<&(u32, u64)>) -> String {
+        match (lo, hi) {
+            (Some(&(v, c)), Some(&(hv, hc))) if v == hv => {
+                format!("volume {v} chunks {c}..{hc}")
+            }
+            (Some(&(v, c)), Some(&(hv, hc))) => {
+                format!("volume {v} chunks from {c}, up to volume {hv} chunk {hc}")
+            }
+            (Some(&(v, c)), None) => format!("volume {v} chunks from {c}, and later volumes"),
+            (None, _) => "the chunks of every volume in this zone".into(),
+        }
+    }
+
     fn key(r: &LmapRec) -> (u32, u64) {
         (r.vol, r.chunk)
     }

@@ -370,6 +370,7 @@ fn corrupt_structures_are_named() {
 
     // Every metadata node of zone z: flipping any one is reported, never a panic.
     let mut detected = 0;
+    let mut named_at_risk = false;
     for b in 0..geo.meta_blocks {
         let o = geo.abs(z, geo.meta_start + b) as usize * BLOCK_SIZE;
         if img[o..o + BLOCK_SIZE].iter().all(|&x| x == 0) {
@@ -385,14 +386,51 @@ fn corrupt_structures_are_named() {
         match r {
             Err(Error::Corrupt {
                 structure: Structure::BtreeNode,
+                detail,
                 ..
-            }) => detected += 1,
+            }) => {
+                detected += 1;
+                named_at_risk |= detail.contains("at risk");
+            }
             Ok(n) if n > 0 => detected += 1,
             Ok(_) => {} // a node no longer referenced (old checkpoint copy)
             Err(e) => panic!("unexpected error {e}"),
         }
     }
     assert!(detected > 0, "no node corruption detected");
+    assert!(
+        named_at_risk,
+        "no error said what a damaged node put at risk"
+    );
+
+    // A damaged lmap leaf under an interior node: a read of a chunk in it
+    // names the volume and chunks at risk.
+    let dev = Rc::new(MemDev::new(8 << 20));
+    let pool = block_on(Pool::format(dev.clone(), &opts())).unwrap();
+    let v = block_on(pool.create_volume("v", 1 << 20, 4096, Compression::None)).unwrap();
+    for c in 0..256u64 {
+        block_on(pool.write(&v, c * 4096, &data(c as u8 | 1, 4096))).unwrap();
+    }
+    block_on(pool.close()).unwrap();
+    let z = v.zone_of(0, geo.nzones) as usize;
+    let img = dev.image();
+    let pool = block_on(Pool::open(
+        Rc::new(MemDev::from_image(img.clone())),
+        &opts(),
+    ))
+    .unwrap();
+    let leaf = block_on(pool.zones()[z].lmap_leaf_of(v.id, 200)).unwrap();
+    drop(pool);
+    let mut im = img.clone();
+    im[leaf as usize * BLOCK_SIZE + 300] ^= 4;
+    let pool = block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts())).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let e = block_on(pool.read(&v, 200 * 4096, &mut buf)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("block {leaf}")) && msg.contains(&format!("volume {} chunks", v.id)),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -41,6 +41,13 @@ pub trait BtreeOps: 'static {
     fn encode_rec(rec: &Self::Rec, out: &mut [u8]);
     fn decode_rec(b: &[u8]) -> Self::Rec;
 
+    /// What a damaged subtree whose keys run from `lo` up to (not
+    /// including) `hi` held, for the error that reports it (`None`: no
+    /// bound known on that side).
+    fn describe_keys(lo: Option<&Self::Key>, hi: Option<&Self::Key>) -> String {
+        format!("{} records from {lo:?} up to {hi:?}", Self::NAME)
+    }
+
     /// The key of an encoded record. Binary search in leaves calls this for
     /// every probe; override it when the key can be read without decoding
     /// the whole record.

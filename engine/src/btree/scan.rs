@@ -54,8 +54,7 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         if lo > hi || limit == 0 {
             return Ok(out);
         }
-        let top = self.root_level()?;
-        let root = self.read(self.root.blk, top).await?;
+        let root = self.read_root().await?;
         // (node, next slot to visit) from the root down.
         let mut stack: Vec<(NodeRef, usize)> = vec![(root, 0)];
         while let Some(frame) = stack.last_mut() {
@@ -98,15 +97,16 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
                         if O::OVERLAPPING && L::<O>::high(&n, i) < *lo {
                             continue;
                         }
-                        pick = Some((L::<O>::ptr(&n, i), n.level() - 1));
+                        pick = Some(i);
                         break;
                     }
                     pick
                 }
             };
             match next {
-                Some((blk, level)) => {
-                    let child = self.read(blk, level).await?;
+                Some(i) => {
+                    let parent = frame.0.clone();
+                    let child = self.read_child(&parent, i).await?.1;
                     stack.push((child, 0));
                 }
                 None => {

@@ -135,25 +135,72 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         Ok(node)
     }
 
+    /// Read child `i` of interior node `parent` (at `level - 1`). A damaged
+    /// child is reported with what it held, from its key in `parent` up to
+    /// the next child's: the records (volumes and chunks, for the forward
+    /// map) that are at risk.
+    pub(super) async fn read_child(&self, parent: &NodeRef, i: usize) -> Result<(u64, NodeRef)> {
+        let (blk, level, lo, hi) = {
+            let p = parent.borrow();
+            let hi = (i + 1 < p.nrecs()).then(|| L::<O>::key_at(&p, i + 1));
+            (L::<O>::ptr(&p, i), p.level() - 1, L::<O>::key_at(&p, i), hi)
+        };
+        let node = self.read(blk, level).await;
+        let node = node.map_err(|e| self.at_risk(e, Some(&lo), hi.as_ref()))?;
+        Ok((blk, node))
+    }
+
+    /// Read the root; a damaged root puts the whole tree at risk.
+    pub(super) async fn read_root(&self) -> Result<NodeRef> {
+        let level = self.root_level()?;
+        let node = self.read(self.root.blk, level).await;
+        node.map_err(|e| self.at_risk(e, None, None))
+    }
+
+    /// Add to a corruption error what the damaged subtree held.
+    fn at_risk(&self, e: Error, lo: Option<&O::Key>, hi: Option<&O::Key>) -> Error {
+        match e {
+            Error::Corrupt {
+                structure,
+                block,
+                detail,
+            } => Error::Corrupt {
+                structure,
+                block,
+                detail: format!(
+                    "{detail}; zone {}: {} at risk",
+                    self.target.zone(),
+                    O::describe_keys(lo, hi)
+                ),
+            },
+            e => e,
+        }
+    }
+
     /// Root-to-leaf path choosing the child with `pick` at each interior node.
     pub(super) async fn descend_with(&self, pick: impl Fn(&NodeBuf) -> usize) -> Result<Path> {
         let mut level = self.root_level()?;
         let mut blk = self.root.blk;
         let mut path = Path::new();
+        let mut next = None;
         loop {
-            let node = self.read(blk, level).await?;
+            let node = match next.take() {
+                Some(n) => n,
+                None => self.read_root().await?,
+            };
             if level == 0 {
                 path.push(Step { blk, node, idx: 0 });
                 return Ok(path);
             }
-            let (idx, child) = {
+            let idx = {
                 let n = node.borrow();
-                let i = pick(&n).min(n.nrecs() - 1);
-                (i, L::<O>::ptr(&n, i))
+                pick(&n).min(n.nrecs() - 1)
             };
+            let (child, child_node) = self.read_child(&node, idx).await?;
             path.push(Step { blk, node, idx });
             blk = child;
             level -= 1;
+            next = Some(child_node);
         }
     }
 
@@ -161,17 +208,25 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         self.descend_with(|n| L::<O>::child_index(n, key)).await
     }
 
+    /// The block of the leaf where `key` is or would be (diagnostics).
+    pub async fn leaf_of(&self, key: &O::Key) -> Result<u64> {
+        let path = self.descend(key).await?;
+        path.last()
+            .map(|s| s.blk)
+            .ok_or_else(|| corrupt(self.root.blk, format!("empty {} path", O::NAME)))
+    }
+
     pub async fn get(&mut self, key: &O::Key) -> Result<Option<O::Rec>> {
-        let mut level = self.root_level()?;
-        let mut blk = self.root.blk;
+        let mut node = self.read_root().await?;
         loop {
-            let node = self.read(blk, level).await?;
-            let n = node.borrow();
-            if level == 0 {
-                return Ok(L::<O>::search(&n, key).ok().map(|i| L::<O>::rec(&n, i)));
-            }
-            blk = L::<O>::ptr(&n, L::<O>::child_index(&n, key));
-            level -= 1;
+            let i = {
+                let n = node.borrow();
+                if n.level() == 0 {
+                    return Ok(L::<O>::search(&n, key).ok().map(|i| L::<O>::rec(&n, i)));
+                }
+                L::<O>::child_index(&n, key)
+            };
+            node = self.read_child(&node, i).await?.1;
         }
     }
 

@@ -27,6 +27,13 @@ impl<D: BlockDev> Zone<D> {
         Ok(t.lmap.get(&(vol, chunk)).await?.map(|r| r.ext))
     }
 
+    /// Pool-absolute block of the forward-map leaf that holds (or would
+    /// hold) `(vol, chunk)`: for diagnostics and tests that damage it.
+    pub async fn lmap_leaf_of(&self, vol: u32, chunk: u64) -> Result<u64> {
+        let t = self.trees.lock().await;
+        t.lmap.leaf_of(&(vol, chunk)).await
+    }
+
     /// Whether the chunk holds data (false: a hole that reads as zeros).
     /// Served by a shut-down zone too, like reads.
     pub async fn is_mapped(&self, vol: &VolInfo, chunk: u64) -> Result<bool> {
