@@ -677,7 +677,7 @@ fn reactor_main(
                         rt.sleep();
                     }
                 }
-                p => Backoff::pause(p),
+                p => backoff.pause(p),
             }
         }
         publish(&mut st, &rt, &ctx, me);

@@ -128,6 +128,14 @@ pub const YIELD_UNTIL_US: u64 = 50;
 /// bursts of device completions and paid a wake-up each time. The bound
 /// keeps a hung device from pinning a core forever.
 pub const DEVICE_POLL_US: u64 = 1000;
+/// A `sched_yield` that returns after this long gave the core to another
+/// thread (with nothing else runnable it returns in a few µs).
+pub const SHARED_YIELD: Duration = Duration::from_micros(20);
+/// After such a yield, the core counts as shared for this long: the loop
+/// then sleeps in `io_uring_enter` (woken by the completion) once the short
+/// yield phase is over, instead of polling for device completions for up to
+/// `device_poll`. On a dedicated core nothing else runs and polling stays.
+pub const SHARED_HOLD: Duration = Duration::from_millis(50);
 /// Default `submit_batch`: measured on the 2-core dev VM with sluice-perf,
 /// one reactor, qd 32: 4 KiB randread 57–59k → 68–71k IOPS (raw fio
 /// 72–75k), randwrite 90–104k → 107–115k; a batch of 4 read about the same
@@ -149,6 +157,10 @@ pub(crate) struct Backoff {
     idle_iters: u32,
     since: Option<Instant>,
     phase: Idle,
+    /// Until then this core is taken to be shared: a `sched_yield` gave it
+    /// to another thread (see [`SHARED_YIELD`]), so polling for device
+    /// completions would take the core from whoever else needs it.
+    shared_until: Option<Instant>,
 }
 
 impl Backoff {
@@ -158,6 +170,7 @@ impl Backoff {
             idle_iters: 0,
             since: None,
             phase: Idle::Spin,
+            shared_until: None,
         }
     }
 
@@ -180,7 +193,7 @@ impl Backoff {
             Idle::Spin
         } else if idle_for < self.policy.yield_until
             || !self.policy.sleep
-            || (device_busy && idle_for < self.policy.device_poll)
+            || (device_busy && idle_for < self.policy.device_poll && !self.core_shared())
         {
             Idle::Yield
         } else {
@@ -190,12 +203,28 @@ impl Backoff {
     }
 
     /// Apply spin / yield (sleeping is the caller's job).
-    pub(crate) fn pause(phase: Idle) {
+    pub(crate) fn pause(&mut self, phase: Idle) {
         match phase {
             Idle::Spin => std::hint::spin_loop(),
-            Idle::Yield => std::thread::yield_now(),
+            Idle::Yield => {
+                let t = Instant::now();
+                std::thread::yield_now();
+                self.yielded(t.elapsed());
+            }
             Idle::Sleep => {}
         }
+    }
+
+    /// A `sched_yield` took `took`: long enough that another thread ran on
+    /// this core means the core is shared for the next [`SHARED_HOLD`].
+    pub(crate) fn yielded(&mut self, took: Duration) {
+        if took >= SHARED_YIELD {
+            self.shared_until = Some(Instant::now() + SHARED_HOLD);
+        }
+    }
+
+    fn core_shared(&self) -> bool {
+        self.shared_until.is_some_and(|t| Instant::now() < t)
     }
 }
 
@@ -356,7 +385,7 @@ pub fn block_on_with<F: Future>(cfg: &RingConfig, future: F) -> F::Output {
                     rt.sleep();
                 }
             }
-            p => Backoff::pause(p),
+            p => backoff.pause(p),
         }
     };
     rt.shutdown();
@@ -395,5 +424,21 @@ mod tests {
         assert_eq!(b.idle(true), Idle::Sleep);
         b.busy();
         assert_eq!(b.idle(true), Idle::Yield, "work restarts the window");
+    }
+
+    /// A yield that gave the core away makes the loop stop polling for
+    /// device completions (it sleeps instead) for a while; quick yields
+    /// (a dedicated core) leave polling on.
+    #[test]
+    fn a_shared_core_is_given_back_instead_of_polled() {
+        let mut b = Backoff::new(policy(Duration::from_secs(3600)));
+        b.yielded(Duration::from_micros(2));
+        assert_eq!(b.idle(true), Idle::Yield, "dedicated core: poll");
+        b.yielded(SHARED_YIELD * 5);
+        b.busy();
+        assert_eq!(b.idle(true), Idle::Sleep, "shared core: sleep on the ring");
+        b.shared_until = Some(Instant::now() - Duration::from_millis(1));
+        b.busy();
+        assert_eq!(b.idle(true), Idle::Yield, "the hold expires");
     }
 }

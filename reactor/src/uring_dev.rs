@@ -56,6 +56,8 @@ pub struct UringDev {
     file: ManuallyDrop<File>,
     size: u64,
     read_only: bool,
+    /// A regular file (space to allocate), not a block device.
+    regular: bool,
 }
 
 impl UringDev {
@@ -85,10 +87,12 @@ impl UringDev {
     /// use; buffered files work too).
     pub fn from_file(file: File) -> io::Result<Self> {
         let size = device_size(&file)?;
+        let regular = file.metadata()?.is_file();
         Ok(UringDev {
             file: ManuallyDrop::new(file),
             size,
             read_only: false,
+            regular,
         })
     }
 
@@ -236,6 +240,26 @@ impl BlockDev for UringDev {
             Op::start_device(None, |_| {
                 opcode::Fsync::new(types::Fd(fd))
                     .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+            })
+        }
+        .map_err(|_| no_ring())?;
+        ring::cqe_result(op.await.res).map(|_| ())
+    }
+
+    /// `IORING_OP_FALLOCATE` (mode 0) on a regular file; nothing on a block
+    /// device. The kernel runs it on its worker pool: the reactor does not
+    /// block on it.
+    async fn preallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only || !self.regular {
+            return Ok(());
+        }
+        let fd = self.fd();
+        // SAFETY: fallocate carries no pointers.
+        let op = unsafe {
+            Op::start_device(None, |_| {
+                opcode::Fallocate::new(types::Fd(fd), len)
+                    .offset(offset)
                     .build()
             })
         }

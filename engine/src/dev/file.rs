@@ -156,4 +156,17 @@ impl BlockDev for FileDev {
     async fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    async fn preallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.file.metadata()?.is_file() {
+            return Ok(());
+        }
+        nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::empty(),
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+        .map_err(io::Error::from)
+    }
 }

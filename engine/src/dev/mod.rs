@@ -30,6 +30,14 @@ pub trait BlockDev {
     fn write_at(&self, buf: AlignedBuf, offset: u64) -> impl Future<Output = BufResult>;
     /// Make every completed write durable.
     fn flush(&self) -> impl Future<Output = io::Result<()>>;
+    /// Allocate backing space for `[offset, offset + len)` ahead of writes
+    /// (a file system then serves them without allocating: io_uring runs
+    /// them inline instead of on its worker threads). Only a hint: devices
+    /// with nothing to allocate do nothing.
+    fn preallocate(&self, offset: u64, len: u64) -> impl Future<Output = io::Result<()>> {
+        let _ = (offset, len);
+        async { Ok(()) }
+    }
 }
 
 /// Reject I/O that is misaligned or past the end, before it reaches a device.

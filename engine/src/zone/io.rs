@@ -317,6 +317,8 @@ impl<D: BlockDev> Zone<D> {
     /// the client sees as ENOSPC; the zone stays online, since its metadata
     /// was allocated at creation and nothing durable is in doubt.
     async fn write_blocks(&self, pblk: u32, buf: AlignedBuf) -> Result<()> {
+        self.preallocate_ahead(pblk + (buf.len() / BLOCK_SIZE) as u32)
+            .await;
         let off = self.byte_off(pblk);
         let nblk = buf.len() / BLOCK_SIZE;
         let (_buf, r) = self.dev.write_at(buf, off).await;
@@ -327,6 +329,37 @@ impl<D: BlockDev> Zone<D> {
             )),
             _ => Error::io("write", off, err),
         })
+    }
+
+    /// Keep backing space allocated a step ahead of the data written. On a
+    /// thin pool file a write to a never-allocated extent makes the file
+    /// system allocate, and io_uring then runs it on a worker thread (after
+    /// a sequential fill, every random overwrite lands past the high-water
+    /// mark until freed blocks come back: all of them went to io-wq). So
+    /// when a write comes within half a step of the allocated end, the next
+    /// step (1/32 of the zone, 8 MiB of 256 MiB) is allocated, once, by the
+    /// write that crossed it. The file runs at most a step ahead of the
+    /// zone's high-water mark. A failed allocation is only a hint lost: the
+    /// write that needs the space reports it (ENOSPC).
+    async fn preallocate_ahead(&self, end: u32) {
+        let (from, to) = {
+            let mut st = self.st.borrow_mut();
+            let g = &self.geo;
+            let step = (g.data_blocks() / PREALLOC_STEPS).max(16);
+            let edge = end.max(st.hwm);
+            if edge + step / 2 <= st.prealloc_end {
+                return;
+            }
+            let from = st.prealloc_end.max(g.data_start);
+            let to = (edge + step).min(g.zone_blocks);
+            st.prealloc_end = to;
+            (from, to)
+        };
+        if to > from {
+            let len = (to - from) as u64 * BLOCK_SIZE as u64;
+            let _hint = self.dev.preallocate(self.byte_off(from), len).await;
+            self.st.borrow_mut().stats.preallocations += 1;
+        }
     }
 
     fn count_written(&self, chunks: usize, blocks: u32) {
@@ -490,6 +523,10 @@ impl<D: BlockDev> Zone<D> {
 /// below the high-water mark to stay one contiguous write (8 MiB of a
 /// 256 MiB zone).
 const RUN_SLACK: u32 = 32;
+
+/// Backing space is allocated ahead of the data in steps of 1/PREALLOC_STEPS
+/// of a zone's data blocks.
+const PREALLOC_STEPS: u32 = 32;
 
 /// Where one chunk of a run sits in the packed buffer (`nblk == 0`: a hole).
 struct RunPiece {

@@ -60,6 +60,8 @@ pub struct ZoneStats {
     pub log_flushes: u64,
     pub checkpoints: u64,
     pub replayed_records: u64,
+    /// Backing-space allocations ahead of the data (thin pool files).
+    pub preallocations: u64,
 }
 
 /// Blocks freed by record `seq`: reusable once that record is durable.
@@ -89,6 +91,9 @@ pub(crate) struct State {
     /// overwrites then land on file blocks already written, which the file
     /// system serves without allocation or an exclusive inode lock.
     hwm: u32,
+    /// Data blocks below this have backing space allocated (a hint kept a
+    /// step ahead of `hwm`; see `Zone::preallocate_ahead`).
+    prealloc_end: u32,
     /// Frees so far (any block given back to `alloc`): a failed run search
     /// stays valid until this moves.
     frees: u64,

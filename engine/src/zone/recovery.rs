@@ -58,6 +58,7 @@ impl<D: BlockDev> Zone<D> {
     ) -> State {
         State {
             hwm: committed.end_of_set(geo.data_start, geo.zone_blocks),
+            prealloc_end: committed.end_of_set(geo.data_start, geo.zone_blocks),
             alloc: committed.clone(),
             frees: 0,
             run_miss: None,
