@@ -248,6 +248,11 @@ fn corrupt_structures_are_named() {
         .unwrap()
         .geo;
 
+    let open_err = |im: Vec<u8>| {
+        block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts()))
+            .err()
+            .expect("must fail")
+    };
     // Pool header: one copy bad is survived (and rewritten), both is an error.
     let backup = sluice_engine::format::header::HEADER_BACKUP_BLK as usize * BLOCK_SIZE;
     for at in [60, backup + 60] {
@@ -266,9 +271,7 @@ fn corrupt_structures_are_named() {
     let mut im = img.clone();
     im[60] ^= 1;
     im[backup + 60] ^= 1;
-    let e = block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts()))
-        .err()
-        .expect("must fail");
+    let e = open_err(im);
     assert!(
         matches!(
             e,
@@ -284,9 +287,7 @@ fn corrupt_structures_are_named() {
     let mut im = img.clone();
     im[..4096].fill(0);
     im[backup + 60] ^= 1;
-    let e = block_on(Pool::open(Rc::new(MemDev::from_image(im)), &opts()))
-        .err()
-        .expect("must fail");
+    let e = open_err(im);
     assert!(
         matches!(
             e,
