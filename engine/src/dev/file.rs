@@ -91,17 +91,7 @@ pub fn preallocate_metadata(file: &File, zone_size: u64) -> Result<u64> {
     let ranges = geo.metadata_ranges();
     let total: u64 = ranges.iter().map(|r| r.end - r.start).sum();
     for r in ranges {
-        // SAFETY: plain syscall on an open descriptor; no memory passed.
-        let rc = unsafe {
-            libc::fallocate(
-                file.as_raw_fd(),
-                0,
-                r.start as libc::off_t,
-                (r.end - r.start) as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = fallocate(file, r.start, r.end - r.start) {
             return Err(match e.raw_os_error() {
                 Some(libc::ENOSPC | libc::EDQUOT) => Error::NoSpace(format!(
                     "the host file system has no room for the pool's metadata \
@@ -117,6 +107,17 @@ pub fn preallocate_metadata(file: &File, zone_size: u64) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// `fallocate` mode 0 of `[offset, offset + len)`: real blocks, nothing written.
+fn fallocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    nix::fcntl::fallocate(
+        file.as_raw_fd(),
+        nix::fcntl::FallocateFlags::empty(),
+        offset as libc::off_t,
+        len as libc::off_t,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Size of a regular file or a block device, rounded down to whole blocks.
@@ -161,12 +162,6 @@ impl BlockDev for FileDev {
         if !self.file.metadata()?.is_file() {
             return Ok(());
         }
-        nix::fcntl::fallocate(
-            self.file.as_raw_fd(),
-            nix::fcntl::FallocateFlags::empty(),
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-        .map_err(io::Error::from)
+        fallocate(&self.file, offset, len)
     }
 }

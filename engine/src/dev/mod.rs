@@ -31,8 +31,8 @@ pub trait BlockDev {
     /// Make every completed write durable.
     fn flush(&self) -> impl Future<Output = io::Result<()>>;
     /// Allocate backing space for `[offset, offset + len)` ahead of writes
-    /// (a file system then serves them without allocating: io_uring runs
-    /// them inline instead of on its worker threads). Only a hint: devices
+    /// (a file system then serves them without allocating, so a
+    /// non-blocking submission completes them inline). Only a hint: devices
     /// with nothing to allocate do nothing.
     fn preallocate(&self, offset: u64, len: u64) -> impl Future<Output = io::Result<()>> {
         let _ = (offset, len);

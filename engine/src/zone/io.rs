@@ -333,14 +333,14 @@ impl<D: BlockDev> Zone<D> {
 
     /// Keep backing space allocated a step ahead of the data written. On a
     /// thin pool file a write to a never-allocated extent makes the file
-    /// system allocate, and io_uring then runs it on a worker thread (after
-    /// a sequential fill, every random overwrite lands past the high-water
-    /// mark until freed blocks come back: all of them went to io-wq). So
-    /// when a write comes within half a step of the allocated end, the next
-    /// step (1/32 of the zone, 8 MiB of 256 MiB) is allocated, once, by the
-    /// write that crossed it. The file runs at most a step ahead of the
-    /// zone's high-water mark. A failed allocation is only a hint lost: the
-    /// write that needs the space reports it (ENOSPC).
+    /// system allocate, which a non-blocking submission cannot do inline
+    /// (after a sequential fill, every random overwrite lands past the
+    /// high-water mark until freed blocks come back). So when a write comes
+    /// within half a step of the allocated end, the next step (1/32 of the
+    /// zone, 8 MiB of 256 MiB) is allocated, once, by the write that crossed
+    /// it. The file runs at most a step ahead of the zone's high-water mark.
+    /// A failed allocation is only a hint lost: the write that needs the
+    /// space reports it (ENOSPC).
     async fn preallocate_ahead(&self, end: u32) {
         let (from, to) = {
             let mut st = self.st.borrow_mut();

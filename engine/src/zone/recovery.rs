@@ -327,15 +327,10 @@ impl<D: BlockDev> Zone<D> {
         epoch: u64,
         lsn: u64,
     ) -> Result<Option<(u64, Vec<(u64, Record)>)>> {
-        let g = &*self.geo;
-        let pos = (lsn % g.log_blocks as u64) as u32;
         let mut first_err = None;
         for copy in 0..COPIES {
-            let off = self.byte_off(g.log_rel(copy, pos));
-            let (b, r) = self.dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), off).await;
-            r.map_err(|e| Error::io("log read", off, e))?;
-            let blk = off / BLOCK_SIZE as u64;
-            match decode_block(&g.uuid, &b, blk, self.idx, epoch, lsn) {
+            let (blk, read) = self.read_log_copy(copy, epoch, lsn).await?;
+            match read {
                 Ok(BlockRead::Valid(_, recs)) => return Ok(Some((blk, recs))),
                 Ok(BlockRead::End) => {}
                 Err(e) => {
@@ -347,6 +342,22 @@ impl<D: BlockDev> Zone<D> {
             Some(e) => Err(e),
             None => Ok(None),
         }
+    }
+
+    /// Read copy `copy` of log block `lsn` of `epoch`: the block it lives at
+    /// and what it holds (an I/O error is the outer error).
+    async fn read_log_copy(
+        &self,
+        copy: u32,
+        epoch: u64,
+        lsn: u64,
+    ) -> Result<(u64, Result<BlockRead>)> {
+        let g = &*self.geo;
+        let off = self.byte_off(g.log_rel(copy, (lsn % g.log_blocks as u64) as u32));
+        let (b, r) = self.dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), off).await;
+        r.map_err(|e| Error::io("log read", off, e))?;
+        let blk = off / BLOCK_SIZE as u64;
+        Ok((blk, decode_block(&g.uuid, &b, blk, self.idx, epoch, lsn)))
     }
 
     /// Neither copy of log block `lsn` is valid: that is the end of the log
@@ -361,14 +372,9 @@ impl<D: BlockDev> Zone<D> {
             if next - sb.log_start_lsn >= cap {
                 break;
             }
-            let pos = (next % cap) as u32;
             for copy in 0..COPIES {
-                let off = self.byte_off(g.log_rel(copy, pos));
-                let (b, r) = self.dev.read_at(AlignedBuf::zeroed(BLOCK_SIZE), off).await;
-                r.map_err(|e| Error::io("log read", off, e))?;
-                let blk = off / BLOCK_SIZE as u64;
                 let Ok(BlockRead::Valid(h, _)) =
-                    decode_block(&g.uuid, &b, blk, self.idx, sb.log_epoch, next)
+                    self.read_log_copy(copy, sb.log_epoch, next).await?.1
                 else {
                     continue;
                 };
