@@ -25,7 +25,8 @@ pub use msg::Msg;
 pub use net::{UringListener, UringStream};
 pub use pool_host::{ChunkReads, PoolHost, PoolReport};
 pub use reactor::{
-    allowed_cores, current, current_handle, ReactorConfig, ReactorInfo, Reactors, ReactorsHandle,
+    allowed_cores, current, current_handle, default_cores, ReactorConfig, ReactorInfo, Reactors,
+    ReactorsHandle,
 };
 pub use ring::{sleep, RingConfig, RingStats, TaskRun};
 pub use runtime::IdlePolicy;

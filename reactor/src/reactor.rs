@@ -218,6 +218,24 @@ pub fn allowed_cores() -> Vec<usize> {
     }
 }
 
+/// The default reactor cores: every allowed core but the last, at least one.
+///
+/// A polling reactor on every core leaves nothing for the clients on the same
+/// machine (fio, a VM's vCPUs), for io_uring's workers, or for the control
+/// plane; on a 2-core box two reactors ran 4 KiB random I/O at 0.8x of one
+/// (docs/profile.md). SPDK defaults to one core for the same reason. `--cores`
+/// chooses any set.
+pub fn default_cores() -> Vec<usize> {
+    spare_one(allowed_cores())
+}
+
+fn spare_one(mut cores: Vec<usize>) -> Vec<usize> {
+    if cores.len() > 1 {
+        cores.pop();
+    }
+    cores
+}
+
 /// Index, count and core of the reactor running the caller (None off a
 /// reactor thread).
 pub fn current() -> Option<ReactorInfo> {
@@ -737,4 +755,17 @@ fn publish(st: &mut ReactorStats, rt: &LocalRuntime, ctx: &Ctx, me: &Slot) {
     st.msgs_deferred = ctx.deferred.get();
     st.heap_allocs = crate::alloc_count::thread_allocations();
     me.stats.publish(st);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spare_one;
+
+    #[test]
+    fn the_default_leaves_one_core_but_keeps_one_reactor() {
+        assert_eq!(spare_one(vec![0, 1]), vec![0]);
+        assert_eq!(spare_one(vec![2, 5, 7]), vec![2, 5]);
+        assert_eq!(spare_one(vec![3]), vec![3]);
+        assert_eq!(spare_one(vec![]), Vec::<usize>::new());
+    }
 }

@@ -28,7 +28,8 @@ struct Args {
     /// JSON-RPC socket (default <data-dir>/rpc.sock).
     #[arg(long)]
     rpc_socket: Option<PathBuf>,
-    /// Cores to run reactors on, e.g. "0,1" (default: all allowed cores).
+    /// Cores to run reactors on, e.g. "0,1" (default: every allowed core but
+    /// one, at least one: the spare core serves clients and the kernel).
     #[arg(long, value_delimiter = ',')]
     cores: Option<Vec<usize>>,
     /// JSON list of method calls to replay at start (instead of the saved config).
@@ -74,7 +75,7 @@ fn main() -> Result<()> {
     let cores = args
         .cores
         .clone()
-        .unwrap_or_else(sluice_reactor::allowed_cores);
+        .unwrap_or_else(sluice_reactor::default_cores);
     let reactors = Reactors::start(&cores, RingConfig::default()).context("start reactors")?;
     let opts = DaemonOptions {
         data_dir: data_dir.clone(),
