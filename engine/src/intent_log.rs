@@ -33,7 +33,7 @@ pub const MAX_BATCH_BLOCKS: u64 = 32;
 
 /// Where a chunk's bytes are stored, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
+pub struct ChunkExtent {
     /// Zone-relative first block.
     pub pblk: u32,
     pub nblk: u16,
@@ -46,7 +46,7 @@ pub struct Extent {
 
 pub const EXT_COMPRESSED: u8 = 1;
 
-impl Extent {
+impl ChunkExtent {
     /// Flags for a chunk of `1 << chunk_shift` bytes: bits 4..7 carry
     /// `chunk_shift - 12`, so space accounting never needs the catalog.
     pub fn flags_for(compressed: bool, chunk_shift: u8) -> u8 {
@@ -63,7 +63,11 @@ impl Extent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// (vol, chunk) now lives at `ext`; whatever it had before is freed.
-    Map { vol: u32, chunk: u64, ext: Extent },
+    Map {
+        vol: u32,
+        chunk: u64,
+        ext: ChunkExtent,
+    },
     /// (vol, chunk) becomes a hole.
     Unmap { vol: u32, chunk: u64 },
     /// Every chunk of `vol` in this zone is unmapped.
@@ -128,7 +132,7 @@ impl Record {
             T_MAP if len == 38 => Record::Map {
                 vol: get_u32(b, 11),
                 chunk: get_u64(b, 15),
-                ext: Extent {
+                ext: ChunkExtent {
                     pblk: get_u32(b, 23),
                     nblk: get_u16(b, 27),
                     flags: b[29],
@@ -280,7 +284,7 @@ mod tests {
             Record::Map {
                 vol: 3,
                 chunk: 99,
-                ext: Extent {
+                ext: ChunkExtent {
                     pblk: 500,
                     nblk: 4,
                     flags: EXT_COMPRESSED,

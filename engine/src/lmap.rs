@@ -2,13 +2,13 @@
 
 use crate::btree::BtreeOps;
 use crate::codec::*;
-use crate::intent_log::Extent;
+use crate::intent_log::ChunkExtent;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LmapRec {
     pub vol: u32,
     pub chunk: u64,
-    pub ext: Extent,
+    pub ext: ChunkExtent,
 }
 
 pub struct Lmap;
@@ -58,7 +58,7 @@ impl BtreeOps for Lmap {
         LmapRec {
             vol: get_u32(b, 0),
             chunk: get_u64(b, 4),
-            ext: Extent {
+            ext: ChunkExtent {
                 pblk: get_u32(b, 12),
                 nblk: get_u16(b, 16),
                 flags: b[18],

@@ -77,7 +77,8 @@ impl<Op, Out> Lanes<Op, Out> {
     }
 }
 
-struct Slot<Out> {
+/// Where a forwarded call's reply lands and who waits for it.
+struct ReplySlot<Out> {
     out: Option<Out>,
     waker: Option<Waker>,
     /// The waiting future was dropped: free the slot when the reply lands.
@@ -89,7 +90,7 @@ pub(crate) struct Local<S: Service> {
     me: usize,
     lanes: Arc<Lanes<S::Op, S::Out>>,
     service: S,
-    slots: RefCell<Vec<Slot<S::Out>>>,
+    slots: RefCell<Vec<ReplySlot<S::Out>>>,
     free: RefCell<Vec<u32>>,
     /// Requests outstanding towards each owner.
     outstanding: Box<[Cell<usize>]>,
@@ -167,7 +168,7 @@ impl<S: Service> Local<S> {
             return i;
         }
         let mut slots = self.slots.borrow_mut();
-        slots.push(Slot {
+        slots.push(ReplySlot {
             out: None,
             waker: None,
             abandoned: false,

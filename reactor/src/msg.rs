@@ -29,7 +29,7 @@ const TX_DROPPED: usize = 4;
 /// the receiver writes `waker` only while `RX_WAKER` is clear and the
 /// sender only reads it (by reference) after seeing `RX_WAKER` set — the
 /// tokio oneshot protocol, without a lock.
-struct Inner<T> {
+struct OneshotCell<T> {
     state: AtomicUsize,
     value: UnsafeCell<Option<T>>,
     waker: UnsafeCell<Option<Waker>>,
@@ -37,21 +37,21 @@ struct Inner<T> {
 
 // SAFETY: access to the cells is serialised by `state` as described above;
 // T crosses threads, so it must be Send.
-unsafe impl<T: Send> Send for Inner<T> {}
+unsafe impl<T: Send> Send for OneshotCell<T> {}
 // SAFETY: as above.
-unsafe impl<T: Send> Sync for Inner<T> {}
+unsafe impl<T: Send> Sync for OneshotCell<T> {}
 
 pub struct Sender<T> {
-    inner: Option<Arc<Inner<T>>>,
+    inner: Option<Arc<OneshotCell<T>>>,
 }
 
 pub struct Receiver<T> {
-    inner: Arc<Inner<T>>,
+    inner: Arc<OneshotCell<T>>,
 }
 
 /// A lock-free one-shot channel. Either side may live on any thread.
 pub fn oneshot<T>() -> (Sender<T>, Receiver<T>) {
-    let inner = Arc::new(Inner {
+    let inner = Arc::new(OneshotCell {
         state: AtomicUsize::new(0),
         value: UnsafeCell::new(None),
         waker: UnsafeCell::new(None),

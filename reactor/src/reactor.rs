@@ -83,8 +83,9 @@ impl Default for ReactorConfig {
     }
 }
 
-/// The part of a reactor other threads see.
-struct Slot {
+/// The part of a reactor other threads see: its inboxes, notifier, published
+/// stats and whether it still runs messages.
+struct ReactorMailbox {
     core: usize,
     /// `inboxes[j]` is written only by reactor j; the last by external
     /// threads.
@@ -95,7 +96,7 @@ struct Slot {
     closed: AtomicBool,
 }
 
-impl Slot {
+impl ReactorMailbox {
     fn inboxes_empty(&self) -> bool {
         self.inboxes.iter().all(|q| q.is_empty())
     }
@@ -115,7 +116,7 @@ impl Slot {
 }
 
 struct Shared {
-    slots: Box<[Slot]>,
+    slots: Box<[ReactorMailbox]>,
     stop: AtomicBool,
 }
 
@@ -291,7 +292,7 @@ impl Reactors {
         let n = cores.len();
         let mut slots = Vec::with_capacity(n);
         for (index, &core) in cores.iter().enumerate() {
-            slots.push(Slot {
+            slots.push(ReactorMailbox {
                 core,
                 inboxes: (0..=n)
                     .map(|_| ArrayQueue::new(cfg.inbox_capacity.max(1)))
@@ -602,7 +603,7 @@ impl Ctx {
 }
 
 /// Run up to `budget` messages, starting at inbox `start`.
-fn drain_inboxes(slot: &Slot, start: usize, budget: usize) -> usize {
+fn drain_inboxes(slot: &ReactorMailbox, start: usize, budget: usize) -> usize {
     let k = slot.inboxes.len();
     let mut n = 0;
     for i in 0..k {
@@ -733,7 +734,7 @@ fn reactor_main(
     CTX.with(|c| c.borrow_mut().take());
 }
 
-struct CloseOnExit<'a>(&'a Slot);
+struct CloseOnExit<'a>(&'a ReactorMailbox);
 
 impl Drop for CloseOnExit<'_> {
     fn drop(&mut self) {
@@ -743,7 +744,7 @@ impl Drop for CloseOnExit<'_> {
 }
 
 #[inline]
-fn publish(st: &mut ReactorStats, rt: &LocalRuntime, ctx: &Ctx, me: &Slot) {
+fn publish(st: &mut ReactorStats, rt: &LocalRuntime, ctx: &Ctx, me: &ReactorMailbox) {
     let r = rt.ring.stats();
     st.ios_started = r.ops_started;
     st.ios_submitted = r.sqes_submitted;

@@ -156,8 +156,9 @@ pub(crate) enum OnDrop {
     CancelCloseFd,
 }
 
+/// Who owns an op slot and what its completion means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum OpState {
     Free,
     /// Owned by the kernel; a future is waiting.
     Pending,
@@ -169,9 +170,11 @@ enum State {
     EventFd,
 }
 
-struct Slot {
+/// One entry of the op table: an operation's state, result, waker and the
+/// memory the kernel points into while it runs.
+struct OpSlot {
     gen: u32,
-    state: State,
+    state: OpState,
     on_drop: OnDrop,
     res: i32,
     flags: u32,
@@ -181,11 +184,11 @@ struct Slot {
     data: OpData,
 }
 
-impl Slot {
+impl OpSlot {
     fn new() -> Self {
-        Slot {
+        OpSlot {
             gen: 0,
-            state: State::Free,
+            state: OpState::Free,
             on_drop: OnDrop::Wait,
             res: 0,
             flags: 0,
@@ -206,7 +209,7 @@ const CANCEL_UD: u64 = u64::MAX;
 /// The op table: chunks of slots that never move (their addresses are given
 /// to the kernel), plus a free list.
 struct Slab {
-    chunks: Vec<Box<[Slot]>>,
+    chunks: Vec<Box<[OpSlot]>>,
     free: Vec<u32>,
     /// Slots in state Pending, Orphaned or EventFd.
     kernel_owned: usize,
@@ -231,7 +234,7 @@ impl Slab {
 
     fn grow(&mut self) {
         let base = (self.chunks.len() * CHUNK) as u32;
-        let chunk: Box<[Slot]> = (0..CHUNK).map(|_| Slot::new()).collect();
+        let chunk: Box<[OpSlot]> = (0..CHUNK).map(|_| OpSlot::new()).collect();
         self.chunks.push(chunk);
         // Lowest index on top so slots are reused in a cache-friendly order.
         self.free.extend((0..CHUNK as u32).rev().map(|i| base + i));
@@ -244,24 +247,24 @@ impl Slab {
         self.free.pop().expect("slab grew")
     }
 
-    fn get(&mut self, idx: u32) -> &mut Slot {
+    fn get(&mut self, idx: u32) -> &mut OpSlot {
         let i = idx as usize;
         &mut self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    /// Slot for `key` if its generation still matches.
-    fn lookup(&mut self, key: u64) -> Option<&mut Slot> {
+    /// The slot for `key` if its generation still matches.
+    fn lookup(&mut self, key: u64) -> Option<&mut OpSlot> {
         let (idx, gen) = split_key(key);
         if idx as usize >= self.chunks.len() * CHUNK {
             return None;
         }
         let slot = self.get(idx);
-        (slot.gen == gen && slot.state != State::Free).then_some(slot)
+        (slot.gen == gen && slot.state != OpState::Free).then_some(slot)
     }
 
     fn release(&mut self, idx: u32) -> Option<AlignedBuf> {
         let slot = self.get(idx);
-        slot.state = State::Free;
+        slot.state = OpState::Free;
         slot.waker = None;
         // A recycled slot must not inherit the last op's drop action (a
         // stale CancelCloseFd would close whatever fd a later op returns).
@@ -281,7 +284,8 @@ fn split_key(key: u64) -> (u32, u32) {
     (key as u32, (key >> 32) as u32)
 }
 
-struct Inner {
+/// The ring's mutable half: the kernel ring, the op table, the SQE backlog.
+struct RingCore {
     uring: IoUring,
     slab: Slab,
     /// SQEs that did not fit even after an early submit.
@@ -300,7 +304,7 @@ struct Inner {
 /// One io_uring and its op table. `!Send`: it belongs to the thread that
 /// created it.
 pub struct Ring {
-    inner: RefCell<Inner>,
+    inner: RefCell<RingCore>,
 }
 
 impl Ring {
@@ -339,7 +343,7 @@ impl Ring {
         let uring = b.build(cfg.sq_entries).map_err(Error::RingSetup)?;
         let sqpoll = uring.params().is_setup_sqpoll();
         Ok(Ring {
-            inner: RefCell::new(Inner {
+            inner: RefCell::new(RingCore {
                 uring,
                 slab: Slab::new(cfg.sq_entries as usize),
                 backlog: VecDeque::new(),
@@ -441,9 +445,9 @@ impl Ring {
                     continue;
                 };
                 match state {
-                    State::Pending => {
+                    OpState::Pending => {
                         let slot = inner.slab.get(idx);
-                        slot.state = State::Done;
+                        slot.state = OpState::Done;
                         slot.res = cqe.result();
                         slot.flags = cqe.flags();
                         if let Some(w) = slot.waker.take() {
@@ -453,7 +457,7 @@ impl Ring {
                         inner.slab.kernel_owned -= 1;
                         inner.slab.device_owned -= device;
                     }
-                    State::Orphaned => {
+                    OpState::Orphaned => {
                         // The kernel is done with the buffers: free them now.
                         inner.slab.kernel_owned -= 1;
                         let slot = inner.slab.get(idx);
@@ -464,12 +468,12 @@ impl Ring {
                         inner.slab.device_owned -= device;
                         drop(inner.slab.release(idx));
                     }
-                    State::EventFd => {
+                    OpState::EventFd => {
                         inner.slab.kernel_owned -= 1;
                         inner.slab.release(idx);
                         eventfd_done = true;
                     }
-                    State::Done | State::Free => debug_assert!(false, "duplicate CQE"),
+                    OpState::Done | OpState::Free => debug_assert!(false, "duplicate CQE"),
                 }
             }
             if eventfd_done {
@@ -501,7 +505,7 @@ impl Ring {
         let idx = inner.slab.alloc();
         let slot = inner.slab.get(idx);
         slot.gen = slot.gen.wrapping_add(1);
-        slot.state = State::EventFd;
+        slot.state = OpState::EventFd;
         let key = make_key(idx, slot.gen);
         let ptr = &mut slot.data.ext.word as *mut u64 as *mut u8;
         let sqe = opcode::Read::new(types::Fd(fd), ptr, 8)
@@ -523,7 +527,7 @@ impl Ring {
         let idx = inner.slab.alloc();
         let slot = inner.slab.get(idx);
         slot.gen = slot.gen.wrapping_add(1);
-        slot.state = State::Orphaned;
+        slot.state = OpState::Orphaned;
         slot.on_drop = OnDrop::Wait;
         let key = make_key(idx, slot.gen);
         let sqe = opcode::Close::new(types::Fd(fd)).build().user_data(key);
@@ -550,7 +554,7 @@ impl Ring {
         let idx = inner.slab.alloc();
         let slot = inner.slab.get(idx);
         slot.gen = slot.gen.wrapping_add(1);
-        slot.state = State::Pending;
+        slot.state = OpState::Pending;
         slot.on_drop = on_drop;
         slot.device = device;
         slot.data.buf = buf;
@@ -570,14 +574,14 @@ impl Ring {
             .lookup(key)
             .expect("ring op polled after completion or on another ring");
         match slot.state {
-            State::Done => {
+            OpState::Done => {
                 let res = slot.res;
                 let flags = slot.flags;
                 let (idx, _) = split_key(key);
                 let buf = inner.slab.release(idx);
                 Poll::Ready(Completion { res, flags, buf })
             }
-            State::Pending => {
+            OpState::Pending => {
                 let old = match &slot.waker {
                     Some(w) if w.will_wake(cx.waker()) => None,
                     _ => slot.waker.replace(cx.waker().clone()),
@@ -596,8 +600,8 @@ impl Ring {
             return;
         };
         match slot.state {
-            State::Pending => {
-                slot.state = State::Orphaned;
+            OpState::Pending => {
+                slot.state = OpState::Orphaned;
                 let waker = slot.waker.take();
                 let cancel = slot.on_drop != OnDrop::Wait;
                 inner.stats.orphaned += 1;
@@ -608,7 +612,7 @@ impl Ring {
                 drop(inner);
                 drop(waker);
             }
-            State::Done => {
+            OpState::Done => {
                 if slot.on_drop == OnDrop::CancelCloseFd && slot.res >= 0 {
                     close_orphan_fd(slot.res);
                 }
@@ -635,7 +639,7 @@ impl Ring {
                 for (i, slot) in chunk.iter().enumerate() {
                     if matches!(
                         slot.state,
-                        State::Pending | State::Orphaned | State::EventFd
+                        OpState::Pending | OpState::Orphaned | OpState::EventFd
                     ) {
                         cancels.push(make_key((c * CHUNK + i) as u32, slot.gen));
                     }
@@ -678,14 +682,15 @@ impl Drop for Ring {
         // Accepts that completed but were never collected: close their fds.
         let inner = self.inner.get_mut();
         for slot in inner.slab.chunks.iter().flat_map(|c| c.iter()) {
-            if slot.state == State::Done && slot.on_drop == OnDrop::CancelCloseFd && slot.res >= 0 {
+            if slot.state == OpState::Done && slot.on_drop == OnDrop::CancelCloseFd && slot.res >= 0
+            {
                 close_orphan_fd(slot.res);
             }
         }
     }
 }
 
-impl Inner {
+impl RingCore {
     fn user_inflight(&self) -> usize {
         self.slab
             .kernel_owned

@@ -45,8 +45,10 @@ struct Entry {
     last: u64,
 }
 
+/// The cached nodes by block, the blocks with a write in flight, the LRU
+/// clock and the counters.
 #[derive(Default)]
-struct Inner {
+struct CacheTable {
     map: HashMap<u64, Entry>,
     /// Blocks with a write in flight (the entry may be gone if it was freed).
     inflight: HashSet<u64>,
@@ -63,7 +65,7 @@ pub(crate) struct WriteBatch {
 pub(crate) struct Cache<S> {
     store: S,
     budget: usize,
-    inner: RefCell<Inner>,
+    inner: RefCell<CacheTable>,
     /// Tasks waiting for `inflight` to become empty.
     waiters: RefCell<Vec<Waker>>,
 }
@@ -181,7 +183,7 @@ impl<S: Store> Cache<S> {
         Self::take(&mut inner, blocks)
     }
 
-    fn take(inner: &mut Inner, mut blocks: Vec<u64>) -> WriteBatch {
+    fn take(inner: &mut CacheTable, mut blocks: Vec<u64>) -> WriteBatch {
         blocks.sort_unstable();
         let mut runs: Vec<(u64, AlignedBuf)> = Vec::new();
         let mut i = 0;
@@ -273,7 +275,7 @@ impl<S: Store> Cache<S> {
                 }
                 // Evict a little more than needed so scans are amortised.
                 let goal = self.budget - (self.budget / 8).max(1).min(self.budget - 1);
-                let idle = |inner: &Inner, dirty: bool| {
+                let idle = |inner: &CacheTable, dirty: bool| {
                     let mut v: Vec<(u64, u64)> = inner
                         .map
                         .iter()

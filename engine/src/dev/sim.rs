@@ -31,7 +31,9 @@ pub struct SimConfig {
     pub crash_after_ops: Option<u64>,
 }
 
-struct State {
+/// The simulated device: durable bytes, unflushed versions per block, and
+/// the fault-injection state.
+struct SimDevState {
     durable: Vec<u8>,
     /// Block -> versions written since the last flush, oldest first.
     volatile: HashMap<u64, Vec<Box<[u8]>>>,
@@ -51,7 +53,7 @@ pub struct SimStats {
 }
 
 pub struct SimDev {
-    st: RefCell<State>,
+    st: RefCell<SimDevState>,
     size: u64,
     hold_writes: Cell<bool>,
     waiters: RefCell<Vec<Waker>>,
@@ -69,7 +71,7 @@ impl SimDev {
     pub fn from_image(image: Vec<u8>, cfg: SimConfig) -> Self {
         let size = image.len() as u64;
         SimDev {
-            st: RefCell::new(State {
+            st: RefCell::new(SimDevState {
                 durable: image,
                 volatile: HashMap::new(),
                 rng: SmallRng::seed_from_u64(cfg.seed),

@@ -16,13 +16,13 @@ use crate::compress::{self, Encoded};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result, Structure};
 use crate::format::Compression;
-use crate::intent_log::{Extent, Record};
+use crate::intent_log::{ChunkExtent, Record};
 use crate::volume::{ChunkSpan, VolInfo, WritePiece};
 use futures::future::join_all;
 
 impl<D: BlockDev> Zone<D> {
     /// Where (vol, chunk) is stored, if anywhere.
-    pub async fn lookup(&self, vol: u32, chunk: u64) -> Result<Option<Extent>> {
+    pub async fn lookup(&self, vol: u32, chunk: u64) -> Result<Option<ChunkExtent>> {
         let mut t = self.trees.lock().await;
         Ok(t.lmap.get(&(vol, chunk)).await?.map(|r| r.ext))
     }
@@ -296,10 +296,10 @@ impl<D: BlockDev> Zone<D> {
             return Err(e);
         }
         self.count_written(1, nblk);
-        let ext = Extent {
+        let ext = ChunkExtent {
             pblk,
             nblk: nblk as u16,
-            flags: Extent::flags_for(compressed, vol.chunk_shift),
+            flags: ChunkExtent::flags_for(compressed, vol.chunk_shift),
             stored_len: stored_len as u32,
             crc,
         };
@@ -370,7 +370,12 @@ impl<D: BlockDev> Zone<D> {
 
     /// Commit where a chunk now lives: `ext`, or nowhere (a hole: unmapped
     /// if it was mapped). Caller holds the chunk's write lock.
-    async fn commit_chunk(&self, vol: &VolInfo, chunk: u64, ext: Option<Extent>) -> Result<()> {
+    async fn commit_chunk(
+        &self,
+        vol: &VolInfo,
+        chunk: u64,
+        ext: Option<ChunkExtent>,
+    ) -> Result<()> {
         match ext {
             Some(ext) => {
                 let rec = Record::Map {
@@ -440,7 +445,7 @@ impl<D: BlockDev> Zone<D> {
     }
 
     /// Sanity-check a forward-map extent before trusting it for I/O.
-    fn check_extent(&self, e: &Extent, cs: usize) -> Result<()> {
+    fn check_extent(&self, e: &ChunkExtent, cs: usize) -> Result<()> {
         let end = e.pblk as u64 + e.nblk as u64;
         let ok = e.pblk >= self.geo.data_start
             && end <= self.geo.zone_blocks as u64
@@ -463,7 +468,7 @@ impl<D: BlockDev> Zone<D> {
     }
 
     /// Read, verify and (if needed) decompress a whole chunk.
-    pub(crate) async fn load_chunk(&self, e: &Extent, cs: usize) -> Result<AlignedBuf> {
+    pub(crate) async fn load_chunk(&self, e: &ChunkExtent, cs: usize) -> Result<AlignedBuf> {
         self.check_extent(e, cs)?;
         let off = self.byte_off(e.pblk);
         let (buf, r) = self
@@ -539,11 +544,11 @@ struct RunPiece {
 
 impl RunPiece {
     /// The chunk's extent if it was stored at `pblk` (`None` for a hole).
-    fn extent(&self, pblk: u32, chunk_shift: u8) -> Option<Extent> {
-        (self.nblk > 0).then(|| Extent {
+    fn extent(&self, pblk: u32, chunk_shift: u8) -> Option<ChunkExtent> {
+        (self.nblk > 0).then(|| ChunkExtent {
             pblk,
             nblk: self.nblk as u16,
-            flags: Extent::flags_for(self.compressed, chunk_shift),
+            flags: ChunkExtent::flags_for(self.compressed, chunk_shift),
             stored_len: self.stored_len as u32,
             crc: self.crc,
         })

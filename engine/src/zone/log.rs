@@ -15,7 +15,9 @@ use crate::error::{Error, Result, Structure};
 use crate::format::header::COPIES;
 use crate::format::superblock::RootPtr;
 use crate::format::{owner, Superblock};
-use crate::intent_log::{encode_block, Extent, LogBlockHeader, Record, LOG_HDR, MAX_BATCH_BLOCKS};
+use crate::intent_log::{
+    encode_block, ChunkExtent, LogBlockHeader, Record, LOG_HDR, MAX_BATCH_BLOCKS,
+};
 use crate::lmap::LmapRec;
 use crate::rmap::RmapRec;
 use futures::future::join_all;
@@ -123,7 +125,7 @@ impl<D: BlockDev> Zone<D> {
         seq: u64,
         vol: u32,
         chunk: u64,
-        e: Extent,
+        e: ChunkExtent,
         live: bool,
     ) -> Result<()> {
         if t.rmap.remove(&(e.pblk, vol as u64, chunk)).await?.is_none() {
@@ -216,7 +218,7 @@ impl<D: BlockDev> Zone<D> {
     }
 
     /// Records up to `seq` are durable: their freed blocks become free.
-    fn made_durable(st: &mut super::State, seq: u64) {
+    fn made_durable(st: &mut super::ZoneState, seq: u64) {
         st.durable_seq = st.durable_seq.max(seq);
         while let Some(b) = st.busy.front() {
             if b.seq > st.durable_seq {

@@ -77,7 +77,9 @@ pub(crate) struct Trees<D: BlockDev> {
     pub rmap: Btree<Rmap, DevTarget<D>>,
 }
 
-pub(crate) struct State {
+/// A zone's mutable bookkeeping: the allocator bitmaps, busy blocks, the
+/// log sequence and LSN counters, counters and the failure flag.
+pub(crate) struct ZoneState {
     /// Blocks not available to the allocator: committed, reserved by
     /// in-flight writes, or busy (freed by a record not yet durable).
     alloc: Bitmap,
@@ -112,7 +114,7 @@ pub(crate) struct State {
     stats: ZoneStats,
 }
 
-impl State {
+impl ZoneState {
     /// Give blocks back to the allocator.
     fn release(&mut self, pblk: u32, n: u32) {
         self.alloc.clear_range(pblk, n);
@@ -128,7 +130,7 @@ pub struct Zone<D: BlockDev> {
     trees: Mutex<Trees<D>>,
     /// Orders log writes and checkpoints. Lock order: log_lock, then trees.
     log_lock: LocalMutex,
-    st: RefCell<State>,
+    st: RefCell<ZoneState>,
     /// Per-(volume, chunk) ordering of reads and writes.
     chunks: KeyedRwLock<(u32, u64)>,
     /// `(volume, size)` of resized volumes: this zone refuses I/O past the
@@ -166,7 +168,7 @@ impl<D: BlockDev> Zone<D> {
         self.st.borrow().stats.clone()
     }
 
-    /// One past the highest data block allocated since open (see `State::hwm`).
+    /// One past the highest data block allocated since open (see `ZoneState::hwm`).
     pub fn high_water(&self) -> u32 {
         self.st.borrow().hwm
     }

@@ -7,7 +7,7 @@
 //! before a crash past the end of the replayed log can never be mistaken for
 //! new ones later.
 
-use super::{State, Trees, Zone, ZoneConfig, ZoneStats};
+use super::{Trees, Zone, ZoneConfig, ZoneState, ZoneStats};
 use crate::bitmap::Bitmap;
 use crate::btree::{Btree, DevTarget, TreeRoot};
 use crate::buf::{AlignedBuf, BLOCK_SIZE};
@@ -30,7 +30,7 @@ impl<D: BlockDev> Zone<D> {
         cfg: ZoneConfig,
         meta: Rc<DevTarget<D>>,
         trees: Trees<D>,
-        st: State,
+        st: ZoneState,
     ) -> Self {
         Zone {
             idx,
@@ -55,8 +55,8 @@ impl<D: BlockDev> Zone<D> {
         lsn: u64,
         seq: u64,
         counters: ZoneCounters,
-    ) -> State {
-        State {
+    ) -> ZoneState {
+        ZoneState {
             hwm: committed.end_of_set(geo.data_start, geo.zone_blocks),
             prealloc_end: committed.end_of_set(geo.data_start, geo.zone_blocks),
             alloc: committed.clone(),

@@ -213,7 +213,7 @@ impl OpStats {
 
 /// One reactor's figures.
 #[derive(Clone)]
-pub(crate) struct Local {
+pub(crate) struct ReactorFigures {
     pub(crate) read: OpStats,
     pub(crate) write: OpStats,
     /// Logical bytes written, ramp and tail included (for the
@@ -224,9 +224,9 @@ pub(crate) struct Local {
     pub(crate) offsets_written: u64,
 }
 
-impl Local {
+impl ReactorFigures {
     pub(crate) fn new() -> Result<Self> {
-        Ok(Local {
+        Ok(ReactorFigures {
             read: OpStats::new()?,
             write: OpStats::new()?,
             all_written: 0,
@@ -259,7 +259,7 @@ impl Local {
 }
 
 /// On reactor `r`: run `qd` tasks until the deadline, return the figures.
-pub(crate) async fn reactor_run(job: Arc<Job>, r: usize, st: Local) -> Local {
+pub(crate) async fn reactor_run(job: Arc<Job>, r: usize, st: ReactorFigures) -> ReactorFigures {
     let st = Rc::new(RefCell::new(st));
     let tasks: Vec<_> = (0..job.qd)
         .map(|t| {
@@ -282,7 +282,7 @@ pub(crate) async fn reactor_run(job: Arc<Job>, r: usize, st: Local) -> Local {
 }
 
 /// randread / randwrite / read / write / randrw.
-pub(crate) async fn load_task(job: Arc<Job>, st: Rc<RefCell<Local>>, g: usize) {
+pub(crate) async fn load_task(job: Arc<Job>, st: Rc<RefCell<ReactorFigures>>, g: usize) {
     let mut rng = task_rng(2, g);
     let io = job.io;
     let slots = job.vol.size / io;
@@ -331,7 +331,7 @@ pub(crate) async fn load_task(job: Arc<Job>, st: Rc<RefCell<Local>>, g: usize) {
 /// known), keeps a generation per owned slot, writes generated data and
 /// reads back slots it wrote. Slots of different tasks share chunks, so
 /// concurrent read-modify-writes of one chunk are exercised.
-pub(crate) async fn verify_task(job: Arc<Job>, st: Rc<RefCell<Local>>, g: usize) {
+pub(crate) async fn verify_task(job: Arc<Job>, st: Rc<RefCell<ReactorFigures>>, g: usize) {
     let mut rng = task_rng(3, g);
     let io = job.io;
     let tasks = (job.nreact * job.qd) as u64;

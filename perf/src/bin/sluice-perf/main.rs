@@ -494,7 +494,7 @@ fn bench(
 
     let before = host.report().context("pool report before the run")?;
     let locals = (0..nreact)
-        .map(|_| Local::new())
+        .map(|_| ReactorFigures::new())
         .collect::<Result<Vec<_>>>()?;
     let start = Instant::now();
     let measure_start = start + Duration::from_secs(o.ramp);
@@ -514,7 +514,7 @@ fn bench(
         gen,
         fail: Failures::default(),
     });
-    let (tx, rx) = mpsc::channel::<(usize, Local)>();
+    let (tx, rx) = mpsc::channel::<(usize, ReactorFigures)>();
     for (r, st) in locals.into_iter().enumerate() {
         let (job, tx) = (job.clone(), tx.clone());
         handle
@@ -551,7 +551,7 @@ fn bench(
     sleep_until(deadline);
     let (cpu1, allocs1) = (cpu_seconds()?, reactor_allocs());
 
-    let mut results: Vec<Option<Local>> = (0..nreact).map(|_| None).collect();
+    let mut results: Vec<Option<ReactorFigures>> = (0..nreact).map(|_| None).collect();
     let mut got = 0;
     let wait_start = Instant::now();
     while got < nreact {
