@@ -91,7 +91,11 @@ fn pool_and_volume_changes_answer_while_clients_connect() {
             );
             call(&d, "volume_delete", json!({"name": v, "pool": name}));
         }
-        call(&d, "volume_create", json!({"name": "keep", "size": "64M", "pool": name}));
+        call(
+            &d,
+            "volume_create",
+            json!({"name": "keep", "size": "64M", "pool": name}),
+        );
         call(&d, "pool_export", json!({"name": name}));
         let p = call(&d, "pool_import", json!({"name": name, "path": path}));
         assert_eq!(p["volumes"], 1, "{p}");
