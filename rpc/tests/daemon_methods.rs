@@ -171,7 +171,7 @@ fn rename_read_only_iostat_and_ambiguity() {
     let rpc = d.rpc_sock();
     let script = format!(
         r#"
-import socket, json, errno
+import socket, json, errno, nbd
 h.connect_uri("{uri}")
 h.pwrite(b"a" * 4096, 0)
 s = socket.socket(socket.AF_UNIX); s.connect("{rpc}")
@@ -181,7 +181,7 @@ try:
     h.pwrite(b"b" * 4096, 0)
     raise SystemExit("write after read-only succeeded")
 except nbd.Error as e:
-    assert e.errno == errno.EPERM, e
+    assert "EPERM" in str(e), e
 assert h.pread(4096, 0) == b"a" * 4096
 "#,
         uri = d.uri("vol0"),
