@@ -93,6 +93,27 @@ pub async fn create_volume<D: BlockDev>(
         .await
 }
 
+/// Rename a volume (catalog only: zones know volumes by id).
+pub async fn rename_volume<D: BlockDev>(
+    meta: &PoolMeta<D>,
+    name: &str,
+    new_name: &str,
+) -> Result<VolumeEntry> {
+    let _g = meta.lock_changes().await;
+    meta.rename_volume(name, new_name).await
+}
+
+/// Set a volume's read-only flag (catalog only: the data path checks the
+/// flag it is handed by the host, see the reactor's volume export).
+pub async fn set_read_only<D: BlockDev>(
+    meta: &PoolMeta<D>,
+    name: &str,
+    read_only: bool,
+) -> Result<VolumeEntry> {
+    let _g = meta.lock_changes().await;
+    meta.set_read_only(name, read_only).await
+}
+
 /// Delete a volume: mark it deleting (durable), drop its chunks in every
 /// zone and make that durable, then drop the catalog entry. A crash in
 /// between leaves it marked; [`finish_deletes`] completes it at open.

@@ -5,7 +5,7 @@
 use crate::buf::{AlignedBuf, BLOCK_SIZE};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
-use crate::format::catalog::validate_name;
+use crate::format::catalog::{validate_name, VOL_READ_ONLY};
 use crate::format::header::{FORMAT_VERSION, HEADER_BACKUP_BLK};
 use crate::format::{Catalog, Compression, Geometry, PoolHeader, VolumeEntry};
 use crate::sync::{LocalGuard, LocalMutex};
@@ -252,4 +252,50 @@ impl<D: BlockDev> PoolMeta<D> {
         })
         .await
     }
+
+    /// Rename a volume: the new name must be valid and free. One catalog
+    /// write (both copies, generation-checked), so a crash leaves either
+    /// name, never both or neither.
+    pub async fn rename_volume(&self, name: &str, new_name: &str) -> Result<VolumeEntry> {
+        validate_name(new_name)?;
+        self.update(|c| {
+            let id = live(c, name)?.id;
+            if name != new_name && c.find(new_name).is_some() {
+                return Err(Error::Exists(format!("volume '{new_name}'")));
+            }
+            let e = entry_by_id(c, id)?;
+            e.name = new_name.to_string();
+            Ok(e.clone())
+        })
+        .await
+    }
+
+    /// Set or clear a volume's read-only flag, durably.
+    pub async fn set_read_only(&self, name: &str, read_only: bool) -> Result<VolumeEntry> {
+        self.update(|c| {
+            let id = live(c, name)?.id;
+            let e = entry_by_id(c, id)?;
+            if read_only {
+                e.flags |= VOL_READ_ONLY;
+            } else {
+                e.flags &= !VOL_READ_ONLY;
+            }
+            Ok(e.clone())
+        })
+        .await
+    }
+}
+
+/// A volume that exists and is not being deleted.
+fn live<'a>(c: &'a Catalog, name: &str) -> Result<&'a VolumeEntry> {
+    c.find(name)
+        .filter(|v| !v.deleting())
+        .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
+}
+
+fn entry_by_id(c: &mut Catalog, id: u32) -> Result<&mut VolumeEntry> {
+    c.volumes
+        .iter_mut()
+        .find(|v| v.id == id)
+        .ok_or_else(|| Error::NotFound(format!("volume {id}")))
 }

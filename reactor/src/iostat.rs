@@ -6,6 +6,7 @@ use crate::reactor::ReactorsHandle;
 use hdrhistogram::Histogram;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -89,10 +90,36 @@ pub fn record(pool: &str, vol: u32, kind: OpKind, bytes: u64, took: Duration, ok
 
 /// Merge the tables of all `n` reactors.
 pub fn gather(reactors: &ReactorsHandle, n: usize) -> HashMap<(String, u32), VolIo> {
+    gather_and_reset(reactors, n, None)
+}
+
+/// Which counters a report zeroes: (pool, volume id) -> reset?
+pub type ResetFilter = Arc<dyn Fn(&str, u32) -> bool + Send + Sync>;
+
+/// [`gather`]; the volumes `reset` selects are zeroed on each reactor in
+/// the same step they are read, so no request is counted twice or lost
+/// between the read and the reset.
+pub fn gather_and_reset(
+    reactors: &ReactorsHandle,
+    n: usize,
+    reset: Option<ResetFilter>,
+) -> HashMap<(String, u32), VolIo> {
     let mut out: HashMap<(String, u32), VolIo> = HashMap::new();
     for r in 0..n {
+        let reset = reset.clone();
         let part = reactors
-            .call(r, || async { TABLE.with(|t| t.borrow().clone()) })
+            .call(r, move || async move {
+                TABLE.with(|t| {
+                    let mut t = t.borrow_mut();
+                    let snap = t.clone();
+                    if let Some(f) = reset {
+                        for (pool, vols) in t.iter_mut() {
+                            vols.retain(|v, _| !f(pool, *v));
+                        }
+                    }
+                    snap
+                })
+            })
             .unwrap_or_default();
         let flat = part
             .into_iter()

@@ -26,6 +26,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// What a read returns, chunk by chunk: `None` for a hole. Inline for one
@@ -78,8 +79,9 @@ impl Service for ZoneService {
     }
 }
 
-/// What one reactor holds of one pool.
-struct LocalPool {
+/// What one reactor holds of one pool: its zones, the catalog (reactor 0
+/// only) and its end of the forwarding lanes.
+struct PoolShard {
     zones: HashMap<u32, Rc<Zone<UringDev>>>,
     meta: Option<Rc<PoolMeta<UringDev>>>,
     /// This reactor's end of the chunk-operation lanes.
@@ -88,17 +90,17 @@ struct LocalPool {
 
 thread_local! {
     /// Pools by name, on this reactor.
-    static LOCAL: RefCell<HashMap<String, Rc<RefCell<LocalPool>>>> = RefCell::new(HashMap::new());
+    static SHARDS: RefCell<HashMap<String, Rc<RefCell<PoolShard>>>> = RefCell::new(HashMap::new());
 }
 
-fn local(pool: &str) -> Result<Rc<RefCell<LocalPool>>> {
-    LOCAL
+fn shard(pool: &str) -> Result<Rc<RefCell<PoolShard>>> {
+    SHARDS
         .with(|l| l.borrow().get(pool).cloned())
         .ok_or_else(|| Error::NotFound(format!("pool '{pool}' on this reactor")))
 }
 
 pub(crate) fn local_zone(pool: &str, z: u32) -> Result<Rc<Zone<UringDev>>> {
-    local(pool)?
+    shard(pool)?
         .borrow()
         .zones
         .get(&z)
@@ -108,11 +110,11 @@ pub(crate) fn local_zone(pool: &str, z: u32) -> Result<Rc<Zone<UringDev>>> {
 
 /// The zones of `pool` this reactor owns.
 pub(crate) fn local_zones(pool: &str) -> Result<Vec<Rc<Zone<UringDev>>>> {
-    Ok(local(pool)?.borrow().zones.values().cloned().collect())
+    Ok(shard(pool)?.borrow().zones.values().cloned().collect())
 }
 
 fn local_meta(pool: &str) -> Result<Rc<PoolMeta<UringDev>>> {
-    local(pool)?
+    shard(pool)?
         .borrow()
         .meta
         .clone()
@@ -131,7 +133,12 @@ pub struct PoolHost {
     reactors: ReactorsHandle,
     nreact: usize,
     zones: ZoneRouter,
+    /// The catalog as reactor 0 last returned it. Written only after a
+    /// reactor call has returned (never held across one); read by handshakes.
     catalog: RwLock<Catalog>,
+    /// How many volumes of the catalog are read-only: while 0 (the usual
+    /// case) a write checks nothing else, no lock on the I/O path.
+    read_only_vols: AtomicUsize,
     /// The device's one-owner lock, on a descriptor of its own (each reactor
     /// opens the device separately). Dropped by [`PoolHost::close`].
     lock: Mutex<Option<DeviceLock>>,
@@ -217,6 +224,7 @@ impl PoolHost {
             geo,
             reactors,
             nreact,
+            read_only_vols: AtomicUsize::new(count_read_only(&catalog)),
             catalog: RwLock::new(catalog),
             lock: Mutex::new(Some(lock)),
         }))
@@ -253,6 +261,7 @@ impl PoolHost {
             geo,
             reactors,
             nreact,
+            read_only_vols: AtomicUsize::new(count_read_only(&catalog)),
             catalog: RwLock::new(catalog),
             lock: Mutex::new(Some(lock)),
         });
@@ -292,7 +301,7 @@ impl PoolHost {
                             if r != 0 {
                                 install(&name, None);
                             }
-                            let lp = local(&name)?;
+                            let lp = shard(&name)?;
                             let service = ZoneService { pool: name.clone() };
                             lp.borrow_mut().fwd = Some(forward::Local::install(r, lanes, service));
                             for z in (0..geo.nzones).filter(|z| *z as usize % nreact == r) {
@@ -303,8 +312,8 @@ impl PoolHost {
                                 };
                                 let pool = name.clone();
                                 zone.on_shutdown(move |z, why| {
-                                    eprintln!(
-                                        "sluice: pool '{pool}' zone {z} shut down: {why}; \
+                                    log::error!(
+                                        "pool '{pool}' zone {z} shut down: {why}; \
                                          it still serves reads, writes fail until the pool is reopened"
                                     )
                                 });
@@ -348,8 +357,31 @@ impl PoolHost {
             .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
     }
 
+    /// The live volume with id `id` (ids survive a rename).
+    pub fn volume_by_id(&self, id: u32) -> Result<VolumeEntry> {
+        self.catalog
+            .read()
+            .ok()
+            .and_then(|c| c.by_id(id).filter(|v| !v.deleting()).cloned())
+            .ok_or_else(|| Error::NotFound(format!("volume {id}")))
+    }
+
+    /// Whether volume `id` is read-only now (writes on open connections
+    /// check this): one atomic load unless some volume of the pool is.
+    #[inline]
+    pub fn volume_read_only(&self, id: u32) -> bool {
+        self.read_only_vols.load(Ordering::Acquire) != 0
+            && self
+                .catalog
+                .read()
+                .map(|c| c.by_id(id).is_some_and(|v| v.read_only()))
+                .unwrap_or(true)
+    }
+
     fn set_catalog(&self, c: Catalog) {
         if let Ok(mut g) = self.catalog.write() {
+            self.read_only_vols
+                .store(count_read_only(&c), Ordering::Release);
             *g = c;
         }
     }
@@ -387,6 +419,19 @@ impl PoolHost {
         self.control(move |m, _| async move {
             lifecycle::create_volume(&m, &n, size, chunk_size, compression).await
         })
+    }
+
+    /// Rename a volume ([`lifecycle::rename_volume`]).
+    pub fn rename_volume(&self, name: &str, new_name: &str) -> Result<VolumeEntry> {
+        let (n, nn) = (name.to_string(), new_name.to_string());
+        self.control(move |m, _| async move { lifecycle::rename_volume(&m, &n, &nn).await })
+    }
+
+    /// Set a volume's read-only flag ([`lifecycle::set_read_only`]); open
+    /// connections see it on their next write.
+    pub fn set_read_only(&self, name: &str, read_only: bool) -> Result<VolumeEntry> {
+        let n = name.to_string();
+        self.control(move |m, _| async move { lifecycle::set_read_only(&m, &n, read_only).await })
     }
 
     pub fn delete_volume(&self, name: &str) -> Result<()> {
@@ -432,7 +477,7 @@ impl PoolHost {
         let owner = self.owner(z);
         let lane_end = match current() {
             Some(c) if c.index != owner => {
-                local(&self.name).ok().and_then(|l| l.borrow().fwd.clone())
+                shard(&self.name).ok().and_then(|l| l.borrow().fwd.clone())
             }
             _ => None,
         };
@@ -580,12 +625,46 @@ impl PoolHost {
     }
 }
 
+fn count_read_only(c: &Catalog) -> usize {
+    c.volumes.iter().filter(|v| v.read_only()).count()
+}
+
+impl PoolHost {
+    /// Close the pool ([`Self::close`] but keeping the device lock until
+    /// done), then erase it: both header copies zeroed
+    /// ([`sluice_engine::format::wipe`]) so it can no longer be imported,
+    /// and a regular file removed. Says whether a file was removed.
+    pub fn close_and_erase(&self) -> Result<bool> {
+        let r = self.checkpoint_all();
+        uninstall(&self.reactors, self.nreact, &self.name);
+        let mut g = self
+            .lock
+            .lock()
+            .map_err(|_| Error::Invalid("pool lock poisoned".into()))?;
+        let Some(lock) = g.take() else {
+            return Err(Error::Invalid(format!("pool '{}' is closed", self.name)));
+        };
+        // A failed checkpoint does not stop the erase: the pool is going.
+        if let Err(e) = r {
+            log::warn!("pool '{}': checkpoint before delete failed: {e}", self.name);
+        }
+        sluice_engine::format::wipe_file(lock.file())?;
+        let is_file = lock.file().metadata().map(|m| m.is_file()).unwrap_or(false);
+        if is_file {
+            // Removed while still locked: nobody opens it in between.
+            std::fs::remove_file(&self.path).map_err(|e| Error::open(&self.path, e))?;
+        }
+        drop(lock);
+        Ok(is_file)
+    }
+}
+
 /// Remove a pool's state from every reactor.
 fn uninstall(reactors: &ReactorsHandle, nreact: usize, name: &str) {
     for i in 0..nreact {
         let name = name.to_string();
         let _ = reactors.call(i, move || async move {
-            if let Some(lp) = LOCAL.with(|l| l.borrow_mut().remove(&name)) {
+            if let Some(lp) = SHARDS.with(|l| l.borrow_mut().remove(&name)) {
                 if let Some(f) = lp.borrow_mut().fwd.take() {
                     f.uninstall();
                 }
@@ -667,10 +746,10 @@ fn open_dev(path: &Path) -> Result<UringDev> {
 }
 
 fn install(name: &str, meta: Option<Rc<PoolMeta<UringDev>>>) {
-    LOCAL.with(|l| {
+    SHARDS.with(|l| {
         l.borrow_mut().insert(
             name.to_string(),
-            Rc::new(RefCell::new(LocalPool {
+            Rc::new(RefCell::new(PoolShard {
                 zones: HashMap::new(),
                 meta,
                 fwd: None,

@@ -24,6 +24,18 @@ pub struct VolumeBackend {
 }
 
 impl VolumeBackend {
+    /// A volume made read-only after the connection opened: its writes
+    /// fail with EPERM from then on.
+    fn check_writable(&self) -> Result<(), BackendError> {
+        if self.host.volume_read_only(self.vol.id) {
+            return Err(BackendError {
+                errno: Errno::Perm,
+                message: "volume is read-only".into(),
+            });
+        }
+        Ok(())
+    }
+
     pub fn new(host: Arc<PoolHost>, vol: VolInfo, read_only: bool) -> Self {
         VolumeBackend {
             host,
@@ -75,7 +87,7 @@ impl ExportBackend for VolumeBackend {
     }
 
     fn read_only(&self) -> bool {
-        self.read_only
+        self.read_only || self.host.volume_read_only(self.vol.id)
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<ReadSegs, BackendError> {
@@ -101,6 +113,7 @@ impl ExportBackend for VolumeBackend {
     }
 
     async fn write(&self, offset: u64, data: AlignedBuf, fua: bool) -> Result<(), BackendError> {
+        self.check_writable()?;
         let t = Instant::now();
         let n = data.len() as u64;
         let mut r = self.host.write(&self.vol, offset, data).await;
@@ -117,6 +130,7 @@ impl ExportBackend for VolumeBackend {
     }
 
     async fn trim(&self, offset: u64, len: u32) -> Result<(), BackendError> {
+        self.check_writable()?;
         let t = Instant::now();
         let r = self.host.write_zeroes(&self.vol, offset, len).await;
         self.done(OpKind::Trim, len as u64, t, r, Errno::Inval)
@@ -128,6 +142,7 @@ impl ExportBackend for VolumeBackend {
         len: u32,
         _may_trim: bool,
     ) -> Result<(), BackendError> {
+        self.check_writable()?;
         // Zeroed whole chunks become holes either way: a hole reads as zeros
         // and costs no space, which is what NO_HOLE's callers need too.
         let t = Instant::now();

@@ -25,11 +25,13 @@ pub mod catalog;
 pub mod header;
 pub mod probe;
 pub mod superblock;
+pub mod wipe;
 
 pub use catalog::{Catalog, Compression, VolumeEntry, VOL_DELETING, VOL_READ_ONLY};
 pub use header::{Geometry, PoolHeader, FORMAT_VERSION};
 pub use probe::{probe, probe_file, uuid_hex, Probe};
 pub use superblock::{Superblock, ZoneCounters};
+pub use wipe::{wipe, wipe_file};
 
 /// Special rmap owners: who owns a block that is not volume data.
 pub mod owner {

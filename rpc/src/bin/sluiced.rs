@@ -13,7 +13,7 @@ use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 use sluice_engine::ZoneConfig;
 use sluice_reactor::{Reactors, RingConfig};
-use sluice_rpc::daemon::{config, methods, Daemon, DaemonOptions};
+use sluice_rpc::daemon::{config, logger, methods, Daemon, DaemonOptions};
 use sluice_rpc::jsonrpc::{serve_unix, Registry, Shutdown};
 use sluice_rpc::size::parse_size;
 use std::path::PathBuf;
@@ -50,6 +50,10 @@ struct Args {
     /// Metadata cache per zone, in 4 KiB nodes.
     #[arg(long, default_value_t = 1024)]
     cache_nodes: usize,
+    /// Event log level on stderr: error, warn, info, debug, trace, off
+    /// (default: $SLUICE_LOG, else info).
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 /// Counts heap allocations per reactor (`framework_get_reactors`' `heap_allocs`).
@@ -59,6 +63,13 @@ static ALLOC: sluice_reactor::alloc_count::CountingAlloc =
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Event log: one line per event on stderr, from here on.
+    let level = args
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("SLUICE_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    logger::init(logger::parse_level(&level).map_err(anyhow::Error::msg)?);
     // Block the stop signals in every thread; one thread waits for them.
     let mut sigs = SigSet::empty();
     sigs.add(Signal::SIGINT);
@@ -92,47 +103,49 @@ fn main() -> Result<()> {
     let reg = Arc::new(reg);
 
     // State: an explicit config, else the saved one, else the embedded default.
+    // A failing call of the saved config is logged and skipped (the state
+    // it names may be gone: a deleted pool file, a removed volume); one of
+    // an explicit --config stops the start (see docs/decisions.md).
     let saved = data_dir.join("config.json");
-    let calls = if let Some(c) = &args.config {
-        config::read_calls(c).map_err(anyhow::Error::msg)?
+    let (calls, strict) = if let Some(c) = &args.config {
+        (config::read_calls(c).map_err(anyhow::Error::msg)?, true)
     } else if saved.exists() {
-        config::read_calls(&saved).map_err(anyhow::Error::msg)?
+        (
+            config::read_calls(&saved).map_err(anyhow::Error::msg)?,
+            false,
+        )
     } else {
-        default_calls(&args, &data_dir)?
+        (default_calls(&args, &data_dir)?, true)
     };
+    let mut skipped = 0;
     for (method, params) in calls {
         if let Err(e) = reg.call(&method, params.clone()) {
-            daemon.shutdown();
-            bail!("start-up call {method} {params} failed: {e}");
+            let shown = logger::short_json(&params);
+            if strict {
+                daemon.shutdown();
+                bail!("start-up call {method} {shown} failed: {e}");
+            }
+            log::error!("saved config: {method} {shown} failed, skipped: {e}");
+            skipped += 1;
+        }
+    }
+    if skipped > 0 {
+        // The saved config now says what really runs.
+        if let Err(e) = daemon.save_config_to(&saved) {
+            log::error!("cannot rewrite {}: {}", saved.display(), e.message);
         }
     }
 
     let server = serve_unix(&rpc_path, reg.clone(), stop.clone())
         .with_context(|| format!("listen on {}", rpc_path.display()))?;
-    eprintln!(
-        "sluiced: ready — JSON-RPC on {}, {} reactor(s) on cores {:?}",
-        rpc_path.display(),
-        cores.len(),
-        cores
-    );
-    for e in daemon
-        .exports
-        .read()
-        .map(|e| e.values().cloned().collect::<Vec<_>>())
-        .unwrap_or_default()
-    {
-        eprintln!(
-            "sluiced: export '{}' (volume {} of pool {})",
-            e.name, e.volume, e.pool
-        );
-    }
+    banner(&daemon, &rpc_path, &cores);
 
     // Wait for a signal or the shutdown method.
     {
         let stop = stop.clone();
         std::thread::spawn(move || {
             if let Ok(sig) = sigs.wait() {
-                eprintln!("sluiced: {sig:?}, stopping");
+                log::info!("{sig:?}, stopping");
             }
             stop.trigger();
         });
@@ -141,13 +154,68 @@ fn main() -> Result<()> {
     server.stop();
     let errors = daemon.shutdown();
     for e in &errors {
-        eprintln!("sluiced: shutdown: {e}");
+        log::error!("shutdown: {e}");
     }
-    eprintln!("sluiced: stopped");
+    // Gone means gone: a client finding no socket knows the daemon exited.
+    match std::fs::remove_file(&rpc_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove {}: {e}", rpc_path.display()),
+    }
+    log::info!("stopped");
     if errors.is_empty() {
         Ok(())
     } else {
         bail!("{} error(s) during shutdown", errors.len())
+    }
+}
+
+/// The start-up banner: every listening address, each pool and volume.
+fn banner(daemon: &Daemon, rpc_path: &std::path::Path, cores: &[usize]) {
+    log::info!(
+        "ready: JSON-RPC on unix:{}, {} reactor(s) on cores {:?}",
+        rpc_path.display(),
+        cores.len(),
+        cores
+    );
+    match daemon.nbd_addresses() {
+        Some(a) => log::info!("NBD listening on {a}"),
+        None => log::info!("NBD server not running"),
+    }
+    for p in daemon.pool_list().unwrap_or_default() {
+        let vols: Vec<_> = p
+            .catalog()
+            .volumes
+            .into_iter()
+            .filter(|v| !v.deleting())
+            .collect();
+        log::info!(
+            "pool '{}': {} bytes, {} zones, {} volume(s), {}",
+            p.name,
+            p.geometry().size_bytes(),
+            p.geometry().nzones,
+            vols.len(),
+            p.path.display()
+        );
+        for v in vols {
+            log::info!(
+                "  volume '{}' of pool '{}': {} bytes, chunk {}, {}{}",
+                v.name,
+                p.name,
+                v.size,
+                v.chunk_size(),
+                v.compression.name(),
+                if v.read_only() { ", read-only" } else { "" }
+            );
+        }
+    }
+    for e in daemon.export_list().unwrap_or_default() {
+        log::info!(
+            "export '{}': volume '{}' of pool '{}'",
+            e.name,
+            e.volume,
+            e.pool
+        );
     }
 }
 

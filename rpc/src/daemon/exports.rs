@@ -1,8 +1,9 @@
-//! NBD exports: the provider the NBD server asks for export names and
-//! backends, and the server's lifecycle.
+//! NBD exports: the snapshot the NBD server reads on reactors to resolve
+//! export names, the server's lifecycle, and per-volume I/O statistics.
 
-use super::{Daemon, ExportEntry};
+use super::{lock, Daemon, ExportEntry};
 use crate::jsonrpc::RpcError;
+use arc_swap::ArcSwap;
 use serde_json::{json, Value};
 use sluice_engine::volume::VolInfo;
 use sluice_reactor::nbd::{ExportInfo, ExportProvider, ListenSpec, NbdServer};
@@ -10,20 +11,34 @@ use sluice_reactor::volume_export::VolumeBackend;
 use sluice_reactor::PoolHost;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-/// Resolves export names to volumes; shared with every reactor.
+/// One export as reactors see it: the entry and the pool serving it.
+#[derive(Clone)]
+pub struct ExportRoute {
+    pub entry: ExportEntry,
+    pub host: Arc<PoolHost>,
+}
+
+/// Every export by name: immutable once published; the control plane
+/// replaces it whole ([`Daemon::publish`]).
+#[derive(Default)]
+pub struct ExportTable {
+    pub routes: BTreeMap<String, ExportRoute>,
+}
+
+/// Resolves export names to volumes; shared with every reactor. Reads the
+/// published snapshot only: no lock the control plane holds.
 pub struct Provider {
-    exports: Arc<RwLock<BTreeMap<String, ExportEntry>>>,
-    pools: Arc<RwLock<BTreeMap<String, Arc<PoolHost>>>>,
+    table: Arc<ArcSwap<ExportTable>>,
 }
 
 impl Provider {
-    fn resolve(&self, name: &str) -> Option<(ExportEntry, Arc<PoolHost>, VolInfo)> {
-        let e = self.exports.read().ok()?.get(name)?.clone();
-        let host = self.pools.read().ok()?.get(&e.pool)?.clone();
-        let v = host.volume(&e.volume).ok()?;
-        Some((e, host, VolInfo::from_entry(&v)))
+    fn resolve(&self, name: &str) -> Option<(ExportRoute, VolInfo, bool)> {
+        let r = self.table.load().routes.get(name)?.clone();
+        let v = r.host.volume_by_id(r.entry.volume_id).ok()?;
+        let ro = r.entry.read_only || v.read_only();
+        Some((r, VolInfo::from_entry(&v), ro))
     }
 }
 
@@ -31,25 +46,25 @@ impl ExportProvider for Provider {
     type Backend = VolumeBackend;
 
     fn list(&self) -> Vec<String> {
-        self.exports
-            .read()
-            .map(|e| e.keys().cloned().collect())
-            .unwrap_or_default()
+        self.table.load().routes.keys().cloned().collect()
     }
 
     fn lookup(&self, name: &str) -> Option<ExportInfo> {
-        let (e, host, v) = self.resolve(name)?;
+        let (r, v, read_only) = self.resolve(name)?;
         Some(ExportInfo {
-            name: e.name.clone(),
+            name: r.entry.name.clone(),
             size: v.size,
-            read_only: e.read_only || v.read_only,
-            description: Some(format!("sluice volume {} of pool {}", e.volume, host.name)),
+            read_only,
+            description: Some(format!(
+                "sluice volume {} of pool {}",
+                r.entry.volume, r.host.name
+            )),
         })
     }
 
     fn open(&self, name: &str) -> Option<VolumeBackend> {
-        let (e, host, v) = self.resolve(name)?;
-        Some(VolumeBackend::new(host, v, e.read_only || v.read_only))
+        let (r, v, _) = self.resolve(name)?;
+        Some(VolumeBackend::new(r.host, v, r.entry.read_only))
     }
 }
 
@@ -63,14 +78,112 @@ impl NbdState {
     pub fn stop(self) {
         self.server.stop();
     }
+
+    /// The listening addresses, for the log.
+    pub fn addresses(&self) -> String {
+        let mut a = Vec::new();
+        if let Some(u) = &self.unix {
+            a.push(format!("unix:{}", u.display()));
+        }
+        if let Some(t) = &self.tcp {
+            a.push(format!("tcp:{t}"));
+        }
+        a.join(", ")
+    }
 }
 
 impl Daemon {
+    /// Replace the reactors' export snapshot with `exports` (call with the
+    /// exports lock held, so snapshots are published in change order).
+    pub(super) fn publish(&self, exports: &BTreeMap<String, ExportEntry>) {
+        let pools = self.pool_list().unwrap_or_default();
+        let routes = exports
+            .iter()
+            .filter_map(|(n, e)| {
+                let host = pools.iter().find(|p| p.name == e.pool)?.clone();
+                Some((
+                    n.clone(),
+                    ExportRoute {
+                        entry: e.clone(),
+                        host,
+                    },
+                ))
+            })
+            .collect();
+        self.export_table.store(Arc::new(ExportTable { routes }));
+    }
+
+    /// The defined exports (a copy).
+    pub fn export_list(&self) -> Result<Vec<ExportEntry>, RpcError> {
+        Ok(lock(&self.exports)?.values().cloned().collect())
+    }
+
+    /// Add an export of a volume; `exists` if the name is taken.
+    pub fn export_add(&self, e: ExportEntry) -> Result<(), RpcError> {
+        let mut ex = lock(&self.exports)?;
+        if ex.contains_key(&e.name) {
+            return Err(RpcError::exists(format!(
+                "export '{}' already exists",
+                e.name
+            )));
+        }
+        // The pool may have been closed since it was looked up.
+        if !lock(&self.pools)?.open.contains_key(&e.pool) {
+            return Err(RpcError::not_found(format!("pool '{}' not found", e.pool)));
+        }
+        ex.insert(e.name.clone(), e);
+        self.publish(&ex);
+        Ok(())
+    }
+
+    /// Remove an export and disconnect its clients.
+    pub fn export_remove(&self, name: &str) -> Result<ExportEntry, RpcError> {
+        let removed = {
+            let mut ex = lock(&self.exports)?;
+            let e = ex
+                .remove(name)
+                .ok_or_else(|| RpcError::not_found(format!("export '{name}' not found")))?;
+            self.publish(&ex);
+            e
+        };
+        self.nbd_disconnect(name);
+        Ok(removed)
+    }
+
+    /// Update the exports of volume `id` of `pool` after a rename; returns
+    /// the changed entries.
+    pub fn exports_follow_rename(
+        &self,
+        pool: &str,
+        id: u32,
+        new_name: &str,
+    ) -> Result<Vec<ExportEntry>, RpcError> {
+        let mut ex = lock(&self.exports)?;
+        let mut changed = Vec::new();
+        for e in ex.values_mut() {
+            if e.pool == pool && e.volume_id == id {
+                e.volume = new_name.to_string();
+                changed.push(e.clone());
+            }
+        }
+        if !changed.is_empty() {
+            self.publish(&ex);
+        }
+        Ok(changed)
+    }
+
+    /// Names of the exports of a volume.
+    pub fn exports_of(&self, pool: &str, id: u32) -> Vec<String> {
+        self.export_list()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.pool == pool && e.volume_id == id)
+            .map(|e| e.name)
+            .collect()
+    }
+
     pub fn nbd_start(&self, unix: Option<PathBuf>, tcp: Option<String>) -> Result<Value, RpcError> {
-        let mut g = self
-            .nbd
-            .lock()
-            .map_err(|_| RpcError::internal("poisoned"))?;
+        let mut g = lock(&self.nbd)?;
         if g.is_some() {
             return Err(RpcError::exists("the NBD server is already running"));
         }
@@ -85,17 +198,38 @@ impl Daemon {
             return Err(RpcError::invalid_params("give \"unix\" and/or \"tcp\""));
         }
         let provider = Arc::new(Provider {
-            exports: self.exports.clone(),
-            pools: self.pools_arc(),
+            table: self.export_table.clone(),
         });
         let server = NbdServer::start(&self.reactors.handle(), listen, provider)
             .map_err(|e| RpcError::io(format!("NBD server: {e}")))?;
-        *g = Some(NbdState {
+        let st = NbdState {
             server,
             unix: unix.clone(),
             tcp: tcp.clone(),
-        });
+        };
+        log::info!("NBD server started, listening on {}", st.addresses());
+        *g = Some(st);
         Ok(json!({"unix": unix, "tcp": tcp}))
+    }
+
+    /// Stop the NBD server: listeners closed, clients disconnected; the
+    /// exports stay defined for the next start.
+    pub fn nbd_stop(&self) -> Result<(), RpcError> {
+        let st = lock(&self.nbd)?
+            .take()
+            .ok_or_else(|| RpcError::invalid_state("the NBD server is not running"))?;
+        let addrs = st.addresses();
+        st.stop();
+        log::info!("NBD server stopped (was listening on {addrs})");
+        Ok(())
+    }
+
+    /// The NBD server's listening addresses, if it runs.
+    pub fn nbd_addresses(&self) -> Option<String> {
+        self.nbd
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|s| s.addresses()))
     }
 
     /// Close the connections of a removed export.
@@ -115,35 +249,57 @@ impl Daemon {
             .unwrap_or(0)
     }
 
-    pub fn iostat(&self, name: Option<&str>) -> Result<Vec<Value>, RpcError> {
-        let stats = sluice_reactor::iostat::gather(&self.reactors.handle(), self.reactors.len());
-        let pools = self
-            .pools
-            .read()
-            .map_err(|_| RpcError::internal("poisoned"))?;
-        let mut out = Vec::new();
-        for pool in pools.values() {
-            for v in pool.catalog().volumes.iter().filter(|v| !v.deleting()) {
-                if name.is_some_and(|n| n != v.name) {
-                    continue;
+    /// Per-volume I/O counters; with `reset`, the reported volumes' counters
+    /// are zeroed in the same step (the values returned are from before).
+    pub fn iostat(
+        &self,
+        name: Option<&str>,
+        pool: Option<&str>,
+        reset: bool,
+    ) -> Result<Vec<Value>, RpcError> {
+        let pools: Vec<Arc<PoolHost>> = match (name, pool) {
+            (_, Some(_)) => vec![self.pool(pool)?],
+            (Some(n), None) => vec![self.pool_of_volume(None, n)?],
+            (None, None) => self.pool_list()?,
+        };
+        let mut picked: Vec<(String, u32, String)> = Vec::new();
+        for p in &pools {
+            for v in p.catalog().volumes.iter().filter(|v| !v.deleting()) {
+                if name.is_none_or(|n| n == v.name) {
+                    picked.push((p.name.clone(), v.id, v.name.clone()));
                 }
-                let s = stats.get(&(pool.name.clone(), v.id));
+            }
+        }
+        if let (Some(n), true) = (name, picked.is_empty()) {
+            return Err(RpcError::not_found(format!("volume '{n}' not found")));
+        }
+        let filter: Option<sluice_reactor::iostat::ResetFilter> = reset.then(|| {
+            let keys: Vec<(String, u32)> =
+                picked.iter().map(|(p, id, _)| (p.clone(), *id)).collect();
+            Arc::new(move |p: &str, id: u32| keys.iter().any(|(kp, kid)| kp == p && *kid == id))
+                as sluice_reactor::iostat::ResetFilter
+        });
+        let stats = sluice_reactor::iostat::gather_and_reset(
+            &self.reactors.handle(),
+            self.reactors.len(),
+            filter,
+        );
+        Ok(picked
+            .into_iter()
+            .map(|(pool, id, vname)| {
+                let s = stats.get(&(pool.clone(), id));
                 let ops = |i: usize| s.map(|s| s.ops[i]).unwrap_or(0);
                 let bytes = |i: usize| s.map(|s| s.bytes[i]).unwrap_or(0);
-                out.push(json!({
-                    "name": v.name, "pool": pool.name,
+                json!({
+                    "name": vname, "pool": pool,
                     "read_ops": ops(0), "read_bytes": bytes(0),
                     "write_ops": ops(1), "write_bytes": bytes(1),
                     "flush_ops": ops(2), "trim_ops": ops(3), "errors": s.map(|s| s.errors).unwrap_or(0),
                     "read_lat_us": latency(s.map(|s| &s.read_us)),
                     "write_lat_us": latency(s.map(|s| &s.write_us)),
-                }));
-            }
-        }
-        if let (Some(n), true) = (name, out.is_empty()) {
-            return Err(RpcError::not_found(format!("volume '{n}' not found")));
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 }
 

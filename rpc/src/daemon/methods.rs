@@ -1,10 +1,12 @@
 //! Every JSON-RPC method of the daemon, registered on a [`Registry`].
 //! Parameter names follow SPDK's style; sizes accept bytes or "4G" strings.
 
+use super::logger::short_json;
 use super::{rpc_err, Daemon, ExportEntry};
-use crate::jsonrpc::{NoParams, Registry, RpcError, Shutdown};
+use crate::jsonrpc::{parse_params, NoParams, Registry, RpcError, Shutdown};
 use crate::size::ByteSize;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_engine::format::{probe_file, uuid_hex, Probe};
 use sluice_engine::Compression;
@@ -68,6 +70,39 @@ struct VolumeResize {
 #[serde(deny_unknown_fields)]
 struct VolumeFilter {
     name: Option<String>,
+    pool: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IostatArgs {
+    name: Option<String>,
+    pool: Option<String>,
+    #[serde(default)]
+    reset: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolClose {
+    name: String,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeRename {
+    name: String,
+    new_name: String,
+    pool: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeReadOnly {
+    name: String,
+    read_only: bool,
     pool: Option<String>,
 }
 
@@ -137,26 +172,31 @@ fn volume_json(pool: &str, v: &sluice_engine::format::VolumeEntry) -> Value {
     })
 }
 
+/// Register a method that changes state: the call is logged (method and
+/// shortened params) when it arrives, and its failure when it fails.
+fn register_change<P, R, F>(reg: &mut Registry, name: &'static str, handler: F)
+where
+    P: DeserializeOwned,
+    R: Serialize,
+    F: Fn(P) -> Result<R, RpcError> + Send + Sync + 'static,
+{
+    reg.register(name, move |params: Value| {
+        log::info!("rpc {name} {}", short_json(&params));
+        let r = parse_params(params).and_then(&handler).and_then(|r| {
+            serde_json::to_value(r)
+                .map_err(|e| RpcError::internal(format!("cannot serialize the result: {e}")))
+        });
+        if let Err(e) = &r {
+            log::warn!("rpc {name} failed: {}", e.message);
+        }
+        r
+    });
+}
+
 /// Register every method. `stop` is triggered by the `shutdown` method.
 pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
-    reg.register_typed("pool_create", move |p: PoolCreate| {
-        let mut pools = dd
-            .pools
-            .write()
-            .map_err(|_| RpcError::internal("poisoned"))?;
-        if pools.contains_key(&p.name) {
-            return Err(RpcError::exists(format!(
-                "pool '{}' already exists",
-                p.name
-            )));
-        }
-        if let Some(other) = Daemon::pool_open_as(&pools, &p.path, None) {
-            return Err(RpcError::busy(format!(
-                "{} is already open as pool '{other}'",
-                p.path.display()
-            )));
-        }
+    register_change(reg, "pool_create", move |p: PoolCreate| {
         let size = p.size.map(|s| s.bytes()).unwrap_or(0);
         if size == 0 && !p.path.exists() {
             return Err(RpcError::invalid_params(
@@ -164,6 +204,8 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
             ));
         }
         let zone = p.zone_size.map(|s| s.bytes()).unwrap_or(256 << 20);
+        // Reserve name and device; the slow format runs with no table lock.
+        let slot = dd.reserve(&p.name, &p.path, None)?;
         let host = PoolHost::create(
             dd.reactors.handle(),
             dd.reactors.len(),
@@ -175,35 +217,35 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
             dd.opts.zone.clone(),
         )
         .map_err(rpc_err)?;
-        let out = pool_json(&host)?;
-        pools.insert(p.name.clone(), host);
-        drop(pools);
+        let out = pool_json(&host);
+        log::info!(
+            "pool '{}' created on {}: {} bytes, {} zones",
+            p.name,
+            p.path.display(),
+            host.geometry().size_bytes(),
+            host.geometry().nzones
+        );
+        slot.commit(host)?;
         dd.journal_pool(&p.name, &p.path);
-        Ok(out)
+        out
     });
 
     let dd = d.clone();
-    reg.register_typed("pool_import", move |p: PoolImport| {
+    register_change(reg, "pool_import", move |p: PoolImport| {
         let name = p.name.unwrap_or_else(|| "pool0".into());
-        let mut pools = dd
-            .pools
-            .write()
-            .map_err(|_| RpcError::internal("poisoned"))?;
-        if pools.contains_key(&name) {
-            return Err(RpcError::exists(format!("pool '{name}' already exists")));
-        }
         // The UUID catches the same pool under another path (a hard link, a
         // copy, a loop device over the file), which the lock cannot see.
         let uuid = match std::fs::File::open(&p.path).map(|f| probe_file(&f)) {
             Ok(Ok(Probe::Pool { uuid, .. })) => Some(uuid),
             _ => None,
         };
-        if let Some(other) = Daemon::pool_open_as(&pools, &p.path, uuid) {
-            return Err(RpcError::exists(format!(
-                "{} is already open as pool '{other}'",
-                p.path.display()
-            )));
-        }
+        let slot = dd.reserve(&name, &p.path, uuid).map_err(|e| {
+            if e.code == crate::jsonrpc::codes::BUSY {
+                RpcError::exists(e.message)
+            } else {
+                e
+            }
+        })?;
         let host = PoolHost::open(
             dd.reactors.handle(),
             dd.reactors.len(),
@@ -212,21 +254,60 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
             dd.opts.zone.clone(),
         )
         .map_err(rpc_err)?;
-        let out = pool_json(&host)?;
-        pools.insert(name.clone(), host);
-        drop(pools);
+        let out = pool_json(&host);
+        log::info!(
+            "pool '{name}' opened from {}: {} bytes, {} zones, {} volume(s)",
+            p.path.display(),
+            host.geometry().size_bytes(),
+            host.geometry().nzones,
+            host.catalog()
+                .volumes
+                .iter()
+                .filter(|v| !v.deleting())
+                .count()
+        );
+        slot.commit(host)?;
         dd.journal_pool(&name, &p.path);
-        Ok(out)
+        out
+    });
+
+    let dd = d.clone();
+    register_change(reg, "pool_export", move |p: PoolClose| {
+        let (host, _slot, _) = dd.take_pool(&p.name, p.force)?;
+        dd.journal_drop_pool(&p.name);
+        host.close().map_err(rpc_err)?;
+        log::info!(
+            "pool '{}' closed ({} bytes, {})",
+            p.name,
+            host.geometry().size_bytes(),
+            host.path.display()
+        );
+        Ok(json!({"name": p.name}))
+    });
+
+    let dd = d.clone();
+    register_change(reg, "pool_delete", move |p: PoolClose| {
+        let (host, _slot, _) = dd.take_pool(&p.name, p.force)?;
+        dd.journal_drop_pool(&p.name);
+        let file_removed = host.close_and_erase().map_err(rpc_err)?;
+        log::info!(
+            "pool '{}' deleted ({} bytes, {}{})",
+            p.name,
+            host.geometry().size_bytes(),
+            host.path.display(),
+            if file_removed {
+                ", file removed"
+            } else {
+                ", header erased"
+            }
+        );
+        Ok(json!({"name": p.name, "path": host.path, "file_removed": file_removed}))
     });
 
     let dd = d.clone();
     reg.register_typed("pool_get_pools", move |_: NoParams| {
-        let pools = dd
-            .pools
-            .read()
-            .map_err(|_| RpcError::internal("poisoned"))?;
-        pools
-            .values()
+        dd.pool_list()?
+            .iter()
             .map(|p| pool_json(p))
             .collect::<Result<Vec<_>, _>>()
     });
@@ -235,6 +316,9 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     reg.register_typed("pool_scrub", move |p: PoolArg| {
         let pool = dd.pool(p.pool.as_deref())?;
         let problems = pool.check(p.deep).map_err(rpc_err)?;
+        for pr in &problems {
+            log::error!("pool '{}': corruption found by scrub: {pr}", pool.name);
+        }
         Ok(json!({
             "pool": pool.name,
             "clean": problems.is_empty(),
@@ -243,7 +327,7 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     });
 
     let dd = d.clone();
-    reg.register_typed("volume_create", move |p: VolumeCreate| {
+    register_change(reg, "volume_create", move |p: VolumeCreate| {
         let pool = dd.pool(p.pool.as_deref())?;
         let comp =
             Compression::parse(p.compression.as_deref().unwrap_or("lz4")).map_err(rpc_err)?;
@@ -255,9 +339,10 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     });
 
     let dd = d.clone();
-    reg.register_typed("volume_delete", move |p: VolumeName| {
+    register_change(reg, "volume_delete", move |p: VolumeName| {
         let pool = dd.pool_of_volume(p.pool.as_deref(), &p.name)?;
-        if let Some(e) = dd.exports_of(&pool.name, &p.name).first() {
+        let id = pool.volume(&p.name).map_err(rpc_err)?.id;
+        if let Some(e) = dd.exports_of(&pool.name, id).first() {
             return Err(RpcError::busy(format!(
                 "volume '{}' is exported as '{e}': remove the export first",
                 p.name
@@ -268,7 +353,7 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     });
 
     let dd = d.clone();
-    reg.register_typed("volume_resize", move |p: VolumeResize| {
+    register_change(reg, "volume_resize", move |p: VolumeResize| {
         let pool = dd.pool_of_volume(p.pool.as_deref(), &p.name)?;
         let v = pool
             .resize_volume(&p.name, p.size.bytes())
@@ -277,16 +362,30 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     });
 
     let dd = d.clone();
+    register_change(reg, "volume_rename", move |p: VolumeRename| {
+        let pool = dd.pool_of_volume(p.pool.as_deref(), &p.name)?;
+        let v = pool.rename_volume(&p.name, &p.new_name).map_err(rpc_err)?;
+        for e in dd.exports_follow_rename(&pool.name, v.id, &v.name)? {
+            dd.journal_export(&e.name, export_params(&e));
+        }
+        Ok(volume_json(&pool.name, &v))
+    });
+
+    let dd = d.clone();
+    register_change(reg, "volume_set_read_only", move |p: VolumeReadOnly| {
+        let pool = dd.pool_of_volume(p.pool.as_deref(), &p.name)?;
+        let v = pool.set_read_only(&p.name, p.read_only).map_err(rpc_err)?;
+        Ok(volume_json(&pool.name, &v))
+    });
+
+    let dd = d.clone();
     reg.register_typed("volume_get_volumes", move |p: VolumeFilter| {
-        let pools = dd
-            .pools
-            .read()
-            .map_err(|_| RpcError::internal("poisoned"))?;
+        let pools = match &p.pool {
+            Some(n) => vec![dd.pool(Some(n))?],
+            None => dd.pool_list()?,
+        };
         let mut out = Vec::new();
-        for pool in pools.values() {
-            if p.pool.as_ref().is_some_and(|n| n != &pool.name) {
-                continue;
-            }
+        for pool in &pools {
             for v in pool.catalog().volumes.iter().filter(|v| !v.deleting()) {
                 if p.name.as_ref().is_none_or(|n| n == &v.name) {
                     out.push(volume_json(&pool.name, v));
@@ -300,76 +399,97 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     });
 
     let dd = d.clone();
-    reg.register_typed("volume_get_iostat", move |p: VolumeFilter| {
-        dd.iostat(p.name.as_deref())
+    reg.register_typed("volume_get_iostat", move |p: IostatArgs| {
+        if p.reset {
+            log::info!(
+                "rpc volume_get_iostat reset (volume {}, pool {})",
+                p.name.as_deref().unwrap_or("*"),
+                p.pool.as_deref().unwrap_or("*")
+            );
+        }
+        dd.iostat(p.name.as_deref(), p.pool.as_deref(), p.reset)
     });
 
     let dd = d.clone();
-    reg.register_typed("nbd_server_start", move |p: NbdStart| {
+    register_change(reg, "nbd_server_start", move |p: NbdStart| {
         let unix = p.unix.unwrap_or_else(|| dd.opts.data_dir.join("nbd.sock"));
         let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone())?;
-        dd.journal_nbd(json!({"unix": unix, "tcp": p.tcp}));
+        dd.journal_nbd(Some(json!({"unix": unix, "tcp": p.tcp})));
         Ok(out)
     });
 
     let dd = d.clone();
-    reg.register_typed("nbd_export_add", move |p: ExportAdd| {
-        let pool = dd.pool_of_volume(p.pool.as_deref(), &p.volume)?;
-        let vol = pool.volume(&p.volume).map_err(rpc_err)?;
-        let name = p.name.clone().unwrap_or_else(|| p.volume.clone());
-        {
-            let mut ex = dd.exports.write().map_err(|_| RpcError::internal("poisoned"))?;
-            if ex.contains_key(&name) {
-                return Err(RpcError::exists(format!("export '{name}' already exists")));
-            }
-            ex.insert(
-                name.clone(),
-                ExportEntry { name: name.clone(), pool: pool.name.clone(), volume: p.volume.clone(), read_only: p.read_only || vol.read_only() },
-            );
-        }
-        dd.journal_export(&name, json!({"volume": p.volume, "name": name, "read_only": p.read_only, "pool": pool.name}));
-        Ok(json!({"name": name, "volume": p.volume, "pool": pool.name, "read_only": p.read_only, "size": vol.size}))
+    register_change(reg, "nbd_server_stop", move |_: NoParams| {
+        dd.nbd_stop()?;
+        dd.journal_nbd(None);
+        Ok(true)
     });
 
     let dd = d.clone();
-    reg.register_typed("nbd_export_remove", move |p: ExportRemove| {
-        let removed = dd
-            .exports
-            .write()
-            .map_err(|_| RpcError::internal("poisoned"))?
-            .remove(&p.name);
-        if removed.is_none() {
-            return Err(RpcError::not_found(format!(
-                "export '{}' not found",
-                p.name
-            )));
-        }
-        dd.nbd_disconnect(&p.name);
+    register_change(reg, "nbd_export_add", move |p: ExportAdd| {
+        let pool = dd.pool_of_volume(p.pool.as_deref(), &p.volume)?;
+        let vol = pool.volume(&p.volume).map_err(rpc_err)?;
+        let name = p.name.clone().unwrap_or_else(|| p.volume.clone());
+        let e = ExportEntry {
+            name: name.clone(),
+            pool: pool.name.clone(),
+            volume: vol.name.clone(),
+            volume_id: vol.id,
+            read_only: p.read_only,
+        };
+        dd.export_add(e.clone())?;
+        log::info!(
+            "export '{name}' added: volume '{}' of pool '{}', {} bytes{}",
+            vol.name,
+            pool.name,
+            vol.size,
+            if p.read_only || vol.read_only() {
+                ", read-only"
+            } else {
+                ""
+            }
+        );
+        dd.journal_export(&name, export_params(&e));
+        Ok(
+            json!({"name": name, "volume": p.volume, "pool": pool.name, "read_only": p.read_only || vol.read_only(), "size": vol.size}),
+        )
+    });
+
+    let dd = d.clone();
+    register_change(reg, "nbd_export_remove", move |p: ExportRemove| {
+        let e = dd.export_remove(&p.name)?;
+        log::info!(
+            "export '{}' removed (volume '{}' of pool '{}')",
+            e.name,
+            e.volume,
+            e.pool
+        );
         dd.journal_unexport(&p.name);
         Ok(true)
     });
 
     let dd = d.clone();
     reg.register_typed("nbd_get_exports", move |_: NoParams| {
-        let ex = dd.exports.read().map_err(|_| RpcError::internal("poisoned"))?;
-        Ok(ex
-            .values()
+        Ok(dd
+            .export_list()?
+            .into_iter()
             .map(|e| {
-                let size = dd.pool(Some(&e.pool)).ok().and_then(|p| p.volume(&e.volume).ok()).map(|v| v.size);
-                json!({"name": e.name, "volume": e.volume, "pool": e.pool, "read_only": e.read_only, "size": size, "connections": dd.nbd_connections(&e.name)})
+                let vol = dd.pool(Some(&e.pool)).ok().and_then(|p| p.volume_by_id(e.volume_id).ok());
+                let ro = e.read_only || vol.as_ref().is_some_and(|v| v.read_only());
+                json!({"name": e.name, "volume": e.volume, "pool": e.pool, "read_only": ro, "size": vol.map(|v| v.size), "connections": dd.nbd_connections(&e.name)})
             })
             .collect::<Vec<_>>())
     });
 
     let dd = d.clone();
     reg.register_typed("framework_get_reactors", move |_: NoParams| {
-        let pools = dd.pools.read().map_err(|_| RpcError::internal("poisoned"))?;
+        let pools = dd.pool_list()?;
         Ok(dd
             .reactors
             .stats()
             .iter()
             .map(|s| {
-                let zones: Vec<Value> = pools.values().map(|p| json!({"pool": p.name, "zones": p.zones_of(s.index)})).collect();
+                let zones: Vec<Value> = pools.iter().map(|p| json!({"pool": p.name, "zones": p.zones_of(s.index)})).collect();
                 json!({
                     "index": s.index, "core": s.core,
                     "busy_iters": s.busy_iters, "idle_iters": s.idle_iters,
@@ -389,26 +509,19 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
         Ok(json!({"path": path}))
     });
 
-    reg.register_typed("shutdown", move |_: NoParams| {
+    register_change(reg, "shutdown", move |_: NoParams| {
         stop.trigger();
         Ok(true)
     });
 }
 
-impl Daemon {
-    fn exports_of(&self, pool: &str, volume: &str) -> Vec<String> {
-        self.exports
-            .read()
-            .map(|ex| {
-                ex.values()
-                    .filter(|e| e.pool == pool && e.volume == volume)
-                    .map(|e| e.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
+/// The `nbd_export_add` params that re-create an export.
+fn export_params(e: &ExportEntry) -> Value {
+    json!({"volume": e.volume, "name": e.name, "read_only": e.read_only, "pool": e.pool})
+}
 
-    fn journal_pool(&self, name: &str, path: &std::path::Path) {
+impl Daemon {
+    pub(super) fn journal_pool(&self, name: &str, path: &std::path::Path) {
         if let Ok(mut j) = self.journal.lock() {
             let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
             j.pools.retain(|(n, _)| n != name);
@@ -417,22 +530,31 @@ impl Daemon {
         self.autosave();
     }
 
-    fn journal_nbd(&self, params: Value) {
+    pub(super) fn journal_drop_pool(&self, name: &str) {
         if let Ok(mut j) = self.journal.lock() {
-            j.nbd_server = Some(params);
+            j.pools.retain(|(n, _)| n != name);
         }
         self.autosave();
     }
 
-    fn journal_export(&self, name: &str, params: Value) {
+    pub(super) fn journal_nbd(&self, params: Option<Value>) {
         if let Ok(mut j) = self.journal.lock() {
-            j.exports.retain(|(n, _)| n != name);
-            j.exports.push((name.to_string(), params));
+            j.nbd_server = params;
         }
         self.autosave();
     }
 
-    fn journal_unexport(&self, name: &str) {
+    pub(super) fn journal_export(&self, name: &str, params: Value) {
+        if let Ok(mut j) = self.journal.lock() {
+            match j.exports.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = params,
+                None => j.exports.push((name.to_string(), params)),
+            }
+        }
+        self.autosave();
+    }
+
+    pub(super) fn journal_unexport(&self, name: &str) {
         if let Ok(mut j) = self.journal.lock() {
             j.exports.retain(|(n, _)| n != name);
         }
@@ -442,8 +564,8 @@ impl Daemon {
     /// Keep `<data-dir>/config.json` current so a restart rebuilds this state.
     fn autosave(&self) {
         if let Err(e) = self.save_config_to(&self.opts.config_path) {
-            eprintln!(
-                "sluiced: cannot save {}: {}",
+            log::error!(
+                "cannot save {}: {}",
                 self.opts.config_path.display(),
                 e.message
             );

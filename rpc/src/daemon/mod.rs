@@ -2,18 +2,24 @@
 //! the saved configuration, and an orderly shutdown.
 //!
 //! Control-plane methods run on RPC threads and reach the data path only
-//! through [`PoolHost`] calls (messages to reactors).
+//! through [`PoolHost`] calls (messages to reactors). The tables here are
+//! control-plane state: their locks are held only for short lookups and
+//! updates, never across a reactor call. Reactors read exports from an
+//! immutable snapshot ([`exports::ExportTable`]) the control plane replaces
+//! whole after each change, so a reactor never waits on the control plane.
 
 pub mod config;
 pub mod exports;
+pub mod logger;
 pub mod methods;
 
 use crate::jsonrpc::RpcError;
+use arc_swap::ArcSwap;
 use sluice_engine::{Error as EngineError, ZoneConfig};
 use sluice_reactor::{PoolHost, Reactors};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Engine errors as JSON-RPC application errors.
 pub fn rpc_err(e: EngineError) -> RpcError {
@@ -35,7 +41,11 @@ pub fn rpc_err(e: EngineError) -> RpcError {
 pub struct ExportEntry {
     pub name: String,
     pub pool: String,
+    /// The volume's current name (follows a rename).
     pub volume: String,
+    /// What the export serves: ids survive a rename.
+    pub volume_id: u32,
+    /// Read-only as exported (the volume's own flag is checked live).
     pub read_only: bool,
 }
 
@@ -47,14 +57,61 @@ pub struct DaemonOptions {
     pub config_path: PathBuf,
 }
 
+/// Open pools, and the names and devices of pools being created, imported,
+/// exported or deleted (reserved under the lock, worked on without it).
+#[derive(Default)]
+pub struct PoolTable {
+    pub open: BTreeMap<String, Arc<PoolHost>>,
+    pending: BTreeMap<String, PathBuf>,
+}
+
 pub struct Daemon {
     pub opts: DaemonOptions,
     pub reactors: Reactors,
-    pub pools: Arc<RwLock<BTreeMap<String, Arc<PoolHost>>>>,
-    pub exports: Arc<RwLock<BTreeMap<String, ExportEntry>>>,
+    /// Lock order: `exports` before `pools`, never the other way round.
+    pools: Mutex<PoolTable>,
+    /// The exports as the control plane defines them.
+    exports: Mutex<BTreeMap<String, ExportEntry>>,
+    /// What reactors read: a snapshot of `exports` with each pool's host.
+    export_table: Arc<ArcSwap<exports::ExportTable>>,
     pub nbd: Mutex<Option<exports::NbdState>>,
     /// The methods (with params) that rebuild this state, in order.
     pub journal: Mutex<config::Journal>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, RpcError> {
+    m.lock()
+        .map_err(|_| RpcError::internal("daemon state poisoned"))
+}
+
+/// A path compared as the device it names.
+fn canon(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// A pool name and device reserved while a pool is created, imported,
+/// exported or deleted; released on drop.
+pub struct Reservation<'a> {
+    d: &'a Daemon,
+    name: String,
+}
+
+impl Reservation<'_> {
+    /// Turn the reservation into an open pool.
+    pub fn commit(self, host: Arc<PoolHost>) -> Result<(), RpcError> {
+        let mut t = lock(&self.d.pools)?;
+        t.pending.remove(&self.name);
+        t.open.insert(self.name.clone(), host);
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.d.pools.lock() {
+            t.pending.remove(&self.name);
+        }
+    }
 }
 
 impl Daemon {
@@ -62,34 +119,37 @@ impl Daemon {
         Arc::new(Daemon {
             opts,
             reactors,
-            pools: Arc::new(RwLock::new(BTreeMap::new())),
-            exports: Arc::new(RwLock::new(BTreeMap::new())),
+            pools: Mutex::new(PoolTable::default()),
+            exports: Mutex::new(BTreeMap::new()),
+            export_table: Arc::new(ArcSwap::from_pointee(exports::ExportTable::default())),
             nbd: Mutex::new(None),
             journal: Mutex::new(config::Journal::default()),
         })
     }
 
-    pub fn pools_arc(&self) -> Arc<RwLock<BTreeMap<String, Arc<PoolHost>>>> {
-        self.pools.clone()
+    /// The open pools, in name order (a copy: no lock is held afterwards).
+    pub fn pool_list(&self) -> Result<Vec<Arc<PoolHost>>, RpcError> {
+        Ok(lock(&self.pools)?.open.values().cloned().collect())
     }
 
     pub fn pool(&self, name: Option<&str>) -> Result<Arc<PoolHost>, RpcError> {
-        let pools = self
-            .pools
-            .read()
-            .map_err(|_| RpcError::internal("pool table poisoned"))?;
+        let t = lock(&self.pools)?;
         match name {
-            Some(n) => pools
-                .get(n)
-                .cloned()
-                .ok_or_else(|| RpcError::not_found(format!("pool '{n}' not found"))),
-            None => match pools.len() {
+            Some(n) => t.open.get(n).cloned().ok_or_else(|| {
+                if t.pending.contains_key(n) {
+                    RpcError::busy(format!("pool '{n}' is being created, opened or closed"))
+                } else {
+                    RpcError::not_found(format!("pool '{n}' not found"))
+                }
+            }),
+            None => match t.open.len() {
                 0 => Err(RpcError::not_found("no pool: create or import one first")),
-                1 => Ok(pools
+                1 => t
+                    .open
                     .values()
                     .next()
                     .cloned()
-                    .ok_or_else(|| RpcError::internal("empty"))?),
+                    .ok_or_else(|| RpcError::internal("empty")),
                 _ => Err(RpcError::invalid_params(
                     "several pools exist: name one with \"pool\"",
                 )),
@@ -97,22 +157,96 @@ impl Daemon {
         }
     }
 
-    /// The name of the open pool on the device at `path` (compared
-    /// canonicalized) or with pool UUID `uuid`: one device, one pool object.
-    pub fn pool_open_as(
-        pools: &BTreeMap<String, Arc<PoolHost>>,
+    /// Reserve pool `name` on the device at `path` (also known by `uuid`)
+    /// before the slow work of creating or opening it: fails if the name or
+    /// the device is taken, open or in progress.
+    pub fn reserve(
+        &self,
+        name: &str,
         path: &Path,
         uuid: Option<[u8; 16]>,
-    ) -> Option<String> {
-        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    ) -> Result<Reservation<'_>, RpcError> {
+        let mut t = lock(&self.pools)?;
+        if t.open.contains_key(name) || t.pending.contains_key(name) {
+            return Err(RpcError::exists(format!("pool '{name}' already exists")));
+        }
         let path = canon(path);
-        pools
+        let open = t
+            .open
             .values()
             .find(|p| canon(&p.path) == path || Some(p.geometry().uuid) == uuid)
-            .map(|p| p.name.clone())
+            .map(|p| p.name.clone());
+        let pending = t
+            .pending
+            .iter()
+            .find(|(_, p)| **p == path)
+            .map(|(n, _)| n.clone());
+        if let Some(other) = open.or(pending) {
+            return Err(RpcError::busy(format!(
+                "{} is already open as pool '{other}'",
+                path.display()
+            )));
+        }
+        t.pending.insert(name.to_string(), path);
+        Ok(Reservation {
+            d: self,
+            name: name.to_string(),
+        })
     }
 
-    /// The pool that holds a volume (searching all pools when none is named).
+    /// Take pool `name` out of the open table (it stays reserved until the
+    /// returned reservation drops), after its exports are gone: with any
+    /// left, `busy` naming them unless `force`, which removes them
+    /// (disconnecting their clients).
+    pub fn take_pool(
+        &self,
+        name: &str,
+        force: bool,
+    ) -> Result<(Arc<PoolHost>, Reservation<'_>, Vec<String>), RpcError> {
+        let removed = {
+            let mut ex = lock(&self.exports)?;
+            let mut t = lock(&self.pools)?;
+            let host = t
+                .open
+                .get(name)
+                .cloned()
+                .ok_or_else(|| RpcError::not_found(format!("pool '{name}' not found")))?;
+            let users: Vec<String> = ex
+                .values()
+                .filter(|e| e.pool == name)
+                .map(|e| e.name.clone())
+                .collect();
+            if !users.is_empty() && !force {
+                return Err(RpcError::busy(format!(
+                    "pool '{name}' has exports {}: remove them first or pass \"force\"",
+                    users.join(", ")
+                )));
+            }
+            ex.retain(|_, e| e.pool != name);
+            t.open.remove(name);
+            t.pending.insert(name.to_string(), canon(&host.path));
+            drop(t);
+            self.publish(&ex);
+            (host, users)
+        };
+        let (host, users) = removed;
+        for e in &users {
+            self.nbd_disconnect(e);
+            self.journal_unexport(e);
+            log::info!("export '{e}' removed (pool '{name}' closing)");
+        }
+        Ok((
+            host,
+            Reservation {
+                d: self,
+                name: name.to_string(),
+            },
+            users,
+        ))
+    }
+
+    /// The pool that holds a volume. With no pool named, the volume must be
+    /// in exactly one: a name in several pools is an error naming them.
     pub fn pool_of_volume(
         &self,
         pool: Option<&str>,
@@ -121,15 +255,23 @@ impl Daemon {
         if pool.is_some() {
             return self.pool(pool);
         }
-        let pools = self
-            .pools
-            .read()
-            .map_err(|_| RpcError::internal("pool table poisoned"))?;
-        pools
-            .values()
-            .find(|p| p.volume(volume).is_ok())
-            .cloned()
-            .ok_or_else(|| RpcError::not_found(format!("volume '{volume}' not found")))
+        let mut found: Vec<Arc<PoolHost>> = self
+            .pool_list()?
+            .into_iter()
+            .filter(|p| p.volume(volume).is_ok())
+            .collect();
+        match found.len() {
+            0 => Err(RpcError::not_found(format!("volume '{volume}' not found"))),
+            1 => Ok(found.remove(0)),
+            _ => Err(RpcError::invalid_params(format!(
+                "volume '{volume}' exists in pools {}: name one with \"pool\"",
+                found
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     /// Stop serving: close exports, checkpoint every pool, stop reactors.
@@ -140,11 +282,10 @@ impl Daemon {
                 s.stop();
             }
         }
-        if let Ok(pools) = self.pools.read() {
-            for p in pools.values() {
-                if let Err(e) = p.close() {
-                    errors.push(format!("pool {}: {e}", p.name));
-                }
+        for p in self.pool_list().unwrap_or_default() {
+            match p.close() {
+                Ok(()) => log::info!("pool '{}' closed", p.name),
+                Err(e) => errors.push(format!("pool {}: {e}", p.name)),
             }
         }
         if let Err(e) = self.reactors.stop() {
