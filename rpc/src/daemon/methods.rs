@@ -1,8 +1,8 @@
-//! Every JSON-RPC method of the daemon, registered on a [`Registry`].
+//! Every JSON-RPC method of the daemon, registered on a [`MethodTable`].
 //! Parameter names follow SPDK's style; sizes accept bytes or "4G" strings.
 
 use super::{rpc_err, Daemon, ExportEntry};
-use crate::jsonrpc::{NoParams, Registry, RpcError, Shutdown};
+use crate::jsonrpc::{MethodTable, NoParams, RpcError, Shutdown};
 use crate::size::ByteSize;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -138,7 +138,7 @@ fn volume_json(pool: &str, v: &sluice_engine::format::VolumeEntry) -> Value {
 }
 
 /// Register every method. `stop` is triggered by the `shutdown` method.
-pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
+pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     reg.register_typed("pool_create", move |p: PoolCreate| {
         let mut pools = dd
