@@ -2,7 +2,7 @@
 //! stdout and stderr, what is sent, and the exit status.
 
 use serde_json::{json, Value};
-use sluice_rpc::jsonrpc::{serve_unix, Registry, RpcError, ServerHandle, Shutdown};
+use sluice_rpc::jsonrpc::{serve_unix, MethodTable, RpcError, ServerHandle, Shutdown};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ fn daemon() -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("rpc.sock");
     let calls: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
-    let mut r = Registry::new();
+    let mut r = MethodTable::new();
     let record = |name: &'static str, reply: fn(Value) -> Result<Value, RpcError>| {
         let calls = calls.clone();
         move |params: Value| {

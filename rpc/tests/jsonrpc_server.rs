@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use sluice_rpc::client::{Client, ClientError};
 use sluice_rpc::jsonrpc::{
-    codes, serve_tcp, serve_unix, ListenAddr, Registry, RpcError, ServerError, ServerHandle,
+    codes, serve_tcp, serve_unix, ListenAddr, MethodTable, RpcError, ServerError, ServerHandle,
     Shutdown,
 };
 use std::io::{Read, Write};
@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// A registry with one method per behaviour the transport must cope with.
-fn test_registry(shutdown: &Shutdown) -> Registry {
-    let mut r = Registry::new();
+fn test_registry(shutdown: &Shutdown) -> MethodTable {
+    let mut r = MethodTable::new();
     r.register("echo", Ok);
     r.register("fail_not_found", |_| {
         Err(RpcError::not_found("volume \"nope\" not found"))
@@ -482,7 +482,7 @@ fn one_shutdown_signal_stops_unix_and_tcp_servers() {
 #[test]
 fn tcp_refuses_non_loopback_addresses() {
     let shutdown = Shutdown::new();
-    match serve_tcp("0.0.0.0:0", Arc::new(Registry::new()), shutdown) {
+    match serve_tcp("0.0.0.0:0", Arc::new(MethodTable::new()), shutdown) {
         Err(e @ ServerError::NotLoopback { .. }) => assert!(e.to_string().contains("loopback")),
         other => panic!("{other:?}"),
     }

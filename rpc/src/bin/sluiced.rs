@@ -14,7 +14,7 @@ use serde_json::json;
 use sluice_engine::ZoneConfig;
 use sluice_reactor::{Reactors, RingConfig};
 use sluice_rpc::daemon::{config, logger, methods, Daemon, DaemonOptions};
-use sluice_rpc::jsonrpc::{serve_unix, Registry, Shutdown};
+use sluice_rpc::jsonrpc::{serve_unix, MethodTable, Shutdown};
 use sluice_rpc::size::parse_size;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -98,7 +98,7 @@ fn main() -> Result<()> {
     };
     let daemon = Daemon::new(opts, reactors);
     let stop = Shutdown::new();
-    let mut reg = Registry::new();
+    let mut reg = MethodTable::new();
     methods::register(&mut reg, &daemon, stop.clone());
     let reg = Arc::new(reg);
 

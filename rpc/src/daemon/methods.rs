@@ -1,9 +1,9 @@
-//! Every JSON-RPC method of the daemon, registered on a [`Registry`].
+//! Every JSON-RPC method of the daemon, registered on a [`MethodTable`].
 //! Parameter names follow SPDK's style; sizes accept bytes or "4G" strings.
 
 use super::logger::short_json;
 use super::{rpc_err, Daemon, ExportEntry};
-use crate::jsonrpc::{parse_params, NoParams, Registry, RpcError, Shutdown};
+use crate::jsonrpc::{parse_params, MethodTable, NoParams, RpcError, Shutdown};
 use crate::size::ByteSize;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -174,7 +174,7 @@ fn volume_json(pool: &str, v: &sluice_engine::format::VolumeEntry) -> Value {
 
 /// Register a method that changes state: the call is logged (method and
 /// shortened params) when it arrives, and its failure when it fails.
-fn register_change<P, R, F>(reg: &mut Registry, name: &'static str, handler: F)
+fn register_change<P, R, F>(reg: &mut MethodTable, name: &'static str, handler: F)
 where
     P: DeserializeOwned,
     R: Serialize,
@@ -194,7 +194,7 @@ where
 }
 
 /// Register every method. `stop` is triggered by the `shutdown` method.
-pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
+pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     register_change(reg, "pool_create", move |p: PoolCreate| {
         let size = p.size.map(|s| s.bytes()).unwrap_or(0);

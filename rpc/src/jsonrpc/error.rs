@@ -4,6 +4,12 @@
 //! [`RpcError`]; the dispatcher puts it in the `error` member unchanged; the client
 //! turns it back into an [`RpcError`] so that callers can match on [`RpcError::code`].
 //! See the table of codes in the [`jsonrpc`](super) module docs.
+//!
+//! It also owns keeping error messages short: messages quote what the peer sent (a
+//! method name, serde's `invalid type: string "..."`, a volume name), and a peer can
+//! send a megabyte. Every message goes through [`shorten`] when the error is built
+//! ([`RpcError::new`]) and again when it is put on the wire, so no error echoes more
+//! than a short prefix of any input.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -36,6 +42,58 @@ pub mod codes {
     pub const IO_ERROR: i64 = -32006;
 }
 
+/// A whitespace-free run (a name, a quoted string, a JSON value) longer than this is
+/// cut to [`QUOTE_PREFIX`] characters. Long enough for any real path or name.
+pub const MAX_QUOTED: usize = 128;
+/// Characters kept of an over-long run.
+pub const QUOTE_PREFIX: usize = 64;
+/// A whole message is cut after this many bytes (a long input with spaces in it).
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `text` itself if it is at most [`MAX_QUOTED`] bytes, else its first
+/// [`QUOTE_PREFIX`] characters followed by `…(N bytes)`.
+pub fn quote_prefix(text: &str) -> String {
+    if text.len() <= MAX_QUOTED {
+        return text.to_string();
+    }
+    let end = text
+        .char_indices()
+        .nth(QUOTE_PREFIX)
+        .map_or(text.len(), |(i, _)| i);
+    format!("{}…({} bytes)", &text[..end], text.len())
+}
+
+/// `message` with every over-long whitespace-free run replaced by [`quote_prefix`] of
+/// it, and the result cut at [`MAX_MESSAGE`] bytes. Idempotent, so applying it twice
+/// (at construction and on the wire) is harmless.
+pub fn shorten(message: String) -> String {
+    let has_long_run = message
+        .split(char::is_whitespace)
+        .any(|run| run.len() > MAX_QUOTED);
+    if !has_long_run && message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut out = String::new();
+    for piece in message.split_inclusive(char::is_whitespace) {
+        let run = piece.trim_end_matches(char::is_whitespace);
+        out.push_str(&quote_prefix(run));
+        out.push_str(&piece[run.len()..]);
+        if out.len() > MAX_MESSAGE {
+            break;
+        }
+    }
+    if out.len() > MAX_MESSAGE {
+        // Leave room for the suffix, so that the result is within the cap (idempotence).
+        let end = (0..=MAX_MESSAGE - 32)
+            .rev()
+            .find(|&i| out.is_char_boundary(i))
+            .unwrap_or(0);
+        out.truncate(end);
+        out.push_str(&format!("…({} bytes)", message.len()));
+    }
+    out
+}
+
 /// A JSON-RPC error object: `{"code": ..., "message": ..., "data"?: ...}`.
 ///
 /// `message` is a whole sentence meant for the person at the terminal (the CLI prints
@@ -51,12 +109,20 @@ pub struct RpcError {
 }
 
 impl RpcError {
+    /// Builds an error; the message is [`shorten`]ed.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
         RpcError {
             code,
-            message: message.into(),
+            message: shorten(message.into()),
             data: None,
         }
+    }
+
+    /// The same error with its message [`shorten`]ed, for errors built as struct
+    /// literals (the wire path applies this to every error it sends).
+    pub fn shortened(mut self) -> Self {
+        self.message = shorten(std::mem::take(&mut self.message));
+        self
     }
 
     /// Attaches machine-readable detail.
@@ -147,6 +213,35 @@ mod tests {
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), app.len());
+    }
+
+    #[test]
+    fn long_input_is_quoted_as_a_prefix() {
+        let name = "n".repeat(1_000_000);
+        let e = RpcError::not_found(format!("volume \"{name}\" not found"));
+        assert_eq!(
+            e.message,
+            format!("volume \"{}…(1000002 bytes) not found", "n".repeat(63))
+        );
+        let e = RpcError::method_not_found(&"é".repeat(200));
+        assert!(
+            e.message
+                .starts_with(&format!("Method not found: {}…(400 bytes)", "é".repeat(64))),
+            "{}",
+            e.message
+        );
+        // Short runs, such as paths, are left whole.
+        let path = format!("/var/tmp/{}", "p".repeat(100));
+        assert_eq!(
+            RpcError::io(format!("cannot open {path}")).message,
+            format!("cannot open {path}")
+        );
+        // Many short words: the whole message is capped.
+        let words = "ab ".repeat(100_000);
+        let m = RpcError::invalid_params(words).message;
+        assert!(m.len() <= MAX_MESSAGE, "{}", m.len());
+        assert!(m.ends_with("…(300016 bytes)"), "{}", &m[m.len() - 40..]);
+        assert_eq!(shorten(m.clone()), m, "idempotent");
     }
 
     #[test]

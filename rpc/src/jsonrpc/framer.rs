@@ -8,21 +8,29 @@
 //!
 //! How: a small structural scanner (string/escape state and bracket depth, carried
 //! across reads) finds where the first top-level value ends in O(n) total, however
-//! the bytes are split; the complete slice is then parsed by `serde_json`. While a
-//! value is still incomplete, `serde_json` is also run on the partial buffer each time
-//! it has doubled in size, so that garbage (`xyz`, `{"a" 1`) is reported right away
-//! rather than after the size cap, at an amortised linear cost. A value still
-//! incomplete when [`Framer::max_len`] bytes are buffered is an error: a peer must not
-//! be able to make the server buffer without bound.
+//! the bytes are split; the complete slice is then handed out as bytes
+//! ([`Framer::next_frame`], the server parses them on a worker thread) or parsed by
+//! `serde_json` ([`Framer::next_value`]). While a value is still incomplete,
+//! `serde_json` also checks the partial buffer (into `IgnoredAny`, so without building
+//! anything) each time it has doubled in size, so that garbage (`xyz`, `{"a" 1`) is
+//! reported right away rather than after the size cap, at an amortised linear cost.
+//! A value still incomplete when more than [`Framer::max_len`] bytes are buffered is an
+//! error: a peer must not be able to make the server buffer without bound. So the
+//! buffer never holds more than `max_len` plus one read's worth of bytes.
 //!
 //! After an error the stream cannot be resynchronised (there is no delimiter to skip
 //! to), so the framer is poisoned and the caller closes the connection.
 
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 /// Default cap on the size of one value: far above any real request (the largest are
 /// config replays of a few KiB), far below what would hurt the daemon.
-pub const DEFAULT_MAX_LEN: usize = 16 << 20;
+pub const DEFAULT_MAX_LEN: usize = 1 << 20;
+
+/// Capacity kept by an emptied buffer: after one big value, an idle connection must
+/// not keep its high-water mark allocated.
+const KEEP_CAPACITY: usize = 64 << 10;
 
 /// Why the stream cannot be framed. Both are fatal for the connection.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +39,7 @@ pub enum FrameError {
     #[error("{0}")]
     Syntax(#[source] serde_json::Error),
     /// A single value is larger than the cap.
-    #[error("JSON value exceeds the {limit}-byte limit")]
+    #[error("JSON value exceeds the {limit}-byte size limit")]
     TooLarge { limit: usize },
     /// The stream ended in the middle of a value.
     #[error("stream ended inside a JSON value")]
@@ -118,9 +126,26 @@ impl Framer {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// True when bytes of a value that is not complete yet are buffered. Meaningful
+    /// right after [`Framer::next_frame`] or [`Framer::next_value`] returned `Ok(None)`
+    /// (which skip whitespace between values): the server times such a value out.
+    pub fn has_partial(&self) -> bool {
+        self.start < self.buf.len()
+    }
+
     /// The next complete value, `Ok(None)` if more bytes are needed, or an error after
     /// which this framer returns the same kind of error forever.
     pub fn next_value(&mut self) -> Result<Option<Value>, FrameError> {
+        match self.next_frame()? {
+            None => Ok(None),
+            Some(bytes) => self.parse(&bytes).map(Some),
+        }
+    }
+
+    /// Like [`Framer::next_value`], but returns the bytes of the next complete value
+    /// unparsed. Its structure is known to be complete; whether it is valid JSON is
+    /// only certain once it is parsed (garbage inside a bracketed value, bad UTF-8).
+    pub fn next_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         if self.poisoned {
             return Err(FrameError::Poisoned);
         }
@@ -134,7 +159,15 @@ impl Framer {
     /// Called when the peer has closed its side: a trailing number (`42` with nothing
     /// after it) is complete now; anything else left over is truncated input.
     pub fn finish(&mut self) -> Result<Option<Value>, FrameError> {
-        if let Some(v) = self.next_value()? {
+        match self.finish_frame()? {
+            None => Ok(None),
+            Some(bytes) => self.parse(&bytes).map(Some),
+        }
+    }
+
+    /// [`Framer::finish`] without parsing the last value (see [`Framer::next_frame`]).
+    pub fn finish_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        if let Some(v) = self.next_frame()? {
             return Ok(Some(v));
         }
         self.skip_whitespace();
@@ -142,16 +175,22 @@ impl Framer {
             return Ok(None);
         }
         self.poisoned = true;
+        let rest = &self.buf[self.start..];
         if self.scan == Scan::Scalar {
-            return serde_json::from_slice(&self.buf[self.start..])
-                .map(Some)
-                .map_err(FrameError::Syntax);
+            return Ok(Some(rest.to_vec()));
         }
         // Prefer serde's description ("EOF while parsing a string at line 1 column 9").
-        match serde_json::from_slice::<Value>(&self.buf[self.start..]) {
+        match serde_json::from_slice::<IgnoredAny>(rest) {
             Err(e) => Err(FrameError::Syntax(e)),
             Ok(_) => Err(FrameError::Truncated),
         }
+    }
+
+    fn parse(&mut self, bytes: &[u8]) -> Result<Value, FrameError> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            self.poisoned = true;
+            FrameError::Syntax(e)
+        })
     }
 
     fn skip_whitespace(&mut self) {
@@ -163,9 +202,10 @@ impl Framer {
         }
     }
 
-    fn next_inner(&mut self) -> Result<Option<Value>, FrameError> {
+    fn next_inner(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
         self.skip_whitespace();
         if self.start == self.buf.len() {
+            self.release();
             return Ok(None);
         }
         match self.scan_to_end() {
@@ -175,12 +215,24 @@ impl Framer {
                         limit: self.max_len,
                     });
                 }
-                let value = serde_json::from_slice(&self.buf[self.start..end]);
-                self.start = end;
-                self.pos = end;
+                let frame = if end == self.buf.len() || end - self.start > KEEP_CAPACITY {
+                    // Hand the big buffer over rather than keep a second copy of a
+                    // large value while it waits for a worker.
+                    let rest = self.buf.split_off(end);
+                    let frame = self.buf[self.start..].to_vec();
+                    self.buf = rest;
+                    self.start = 0;
+                    self.pos = 0;
+                    frame
+                } else {
+                    let frame = self.buf[self.start..end].to_vec();
+                    self.start = end;
+                    self.pos = end;
+                    frame
+                };
                 self.scan = Scan::Start;
                 self.probed_len = 0;
-                value.map(Some).map_err(FrameError::Syntax)
+                Ok(Some(frame))
             }
             None => {
                 let pending = self.buf.len() - self.start;
@@ -198,11 +250,21 @@ impl Framer {
         }
     }
 
+    /// Frees a big buffer once everything in it has been consumed.
+    fn release(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+        self.pos = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        }
+    }
+
     /// Lets serde_json look at an incomplete value: an error that is not "ran out of
     /// input" means no amount of further bytes can make it valid.
     fn probe(&self) -> Result<(), FrameError> {
         let mut stream =
-            serde_json::Deserializer::from_slice(&self.buf[self.start..]).into_iter::<Value>();
+            serde_json::Deserializer::from_slice(&self.buf[self.start..]).into_iter::<IgnoredAny>();
         match stream.next() {
             Some(Err(e)) if !e.is_eof() => Err(FrameError::Syntax(e)),
             _ => Ok(()),
@@ -442,7 +504,7 @@ mod tests {
             body.extend_from_slice(item);
         }
         body.extend_from_slice(b"null]");
-        let mut f = Framer::new();
+        let mut f = Framer::with_max_len(16 << 20);
         let t = std::time::Instant::now();
         let mut got = None;
         for chunk in body.chunks(4096) {

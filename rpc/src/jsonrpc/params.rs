@@ -9,6 +9,7 @@
 //! `data: {"field": "size"}`. Only top-level keys are tracked: params are flat
 //! objects in this API.
 
+use super::error::quote_prefix;
 use super::RpcError;
 use serde::de::{self, DeserializeOwned, DeserializeSeed, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -34,11 +35,16 @@ pub fn parse_params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
     .map_err(|e| {
         let message = e.to_string();
         let field = field.take().or_else(|| missing_field_name(&message));
+        // A key is peer input too: `data` quotes a prefix of it, as the message does
+        // (shortened by `RpcError::new`).
         match field {
             Some(f) if !message.contains(&format!("`{f}`")) => {
+                let f = quote_prefix(&f);
                 RpcError::invalid_params(format!("{f}: {message}")).with_data(json!({ "field": f }))
             }
-            Some(f) => RpcError::invalid_params(message).with_data(json!({ "field": f })),
+            Some(f) => {
+                RpcError::invalid_params(message).with_data(json!({ "field": quote_prefix(&f) }))
+            }
             None => RpcError::invalid_params(message),
         }
     })

@@ -5,7 +5,7 @@
 //! request validation (-32600), unknown methods (-32601), the params shape (-32602),
 //! handler panics (-32603), notifications (never answered, even on error) and batches.
 //! It is transport-free so that the rules are tested without sockets and so that the
-//! daemon can replay a config file of method calls through [`Registry::call`].
+//! daemon can replay a config file of method calls through [`MethodTable::call`].
 
 use super::params::parse_params;
 use super::RpcError;
@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// A method implementation. Synchronous on purpose: the control plane runs on its own
-/// threads (one per connection) and may block on the reactors; an async signature
+/// A method implementation. Synchronous on purpose: the control plane runs methods on
+/// a small fixed pool of worker threads and they may block on the reactors; an async signature
 /// would buy nothing at this request rate. Handlers reach the daemon's state through
 /// what their closure captures.
 pub type Handler = Box<dyn Fn(Value) -> Result<Value, RpcError> + Send + Sync>;
@@ -25,30 +25,30 @@ pub type Handler = Box<dyn Fn(Value) -> Result<Value, RpcError> + Send + Sync>;
 /// The built-in method listing all methods (SPDK name).
 pub const RPC_GET_METHODS: &str = "rpc_get_methods";
 
-/// Methods by name. Built once at start-up, then shared read-only (`Arc<Registry>`)
+/// Methods by name. Built once at start-up, then shared read-only (`Arc<MethodTable>`)
 /// by all connections, so dispatch takes no lock.
-pub struct Registry {
+pub struct MethodTable {
     methods: BTreeMap<String, Handler>,
 }
 
-impl Default for Registry {
+impl Default for MethodTable {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl fmt::Debug for Registry {
+impl fmt::Debug for MethodTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry")
+        f.debug_struct("MethodTable")
             .field("methods", &self.methods())
             .finish()
     }
 }
 
-impl Registry {
-    /// An empty registry; `rpc_get_methods` is always available.
+impl MethodTable {
+    /// An empty table; `rpc_get_methods` is always available.
     pub fn new() -> Self {
-        Registry {
+        MethodTable {
             methods: BTreeMap::new(),
         }
     }
@@ -75,7 +75,7 @@ impl Registry {
     /// serialized with serde.
     ///
     /// # Panics
-    /// As [`Registry::register`].
+    /// As [`MethodTable::register`].
     pub fn register_typed<P, R, F>(&mut self, name: impl Into<String>, handler: F)
     where
         P: DeserializeOwned,
@@ -228,7 +228,8 @@ impl Registry {
 
 /// A response object carrying `error`.
 pub fn error_response(id: Value, error: RpcError) -> Value {
-    json!({"jsonrpc": "2.0", "error": error, "id": id})
+    // Also catches errors built as struct literals, which skipped `RpcError::new`.
+    json!({"jsonrpc": "2.0", "error": error.shortened(), "id": id})
 }
 
 /// JSON type names for error messages; the value itself may be huge.
@@ -250,8 +251,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    fn registry(calls: Arc<AtomicUsize>) -> Registry {
-        let mut r = Registry::new();
+    fn table(calls: Arc<AtomicUsize>) -> MethodTable {
+        let mut r = MethodTable::new();
         let c = calls.clone();
         r.register("echo", move |p| {
             c.fetch_add(1, Ordering::SeqCst);
@@ -273,7 +274,7 @@ mod tests {
     }
 
     fn handle(req: Value) -> Option<Value> {
-        registry(Arc::default()).handle(req)
+        table(Arc::default()).handle(req)
     }
 
     fn code_of(resp: &Value) -> i64 {
@@ -395,7 +396,7 @@ mod tests {
     #[test]
     fn notifications_are_never_answered_even_on_error() {
         let calls = Arc::new(AtomicUsize::new(0));
-        let r = registry(calls.clone());
+        let r = table(calls.clone());
         for req in [
             json!({"jsonrpc": "2.0", "method": "echo", "params": {"x": 1}}),
             json!({"jsonrpc": "2.0", "method": "fail_not_found"}),
@@ -455,8 +456,8 @@ mod tests {
     }
 
     #[test]
-    fn panic_is_internal_error_and_registry_survives() {
-        let r = registry(Arc::default());
+    fn panic_is_internal_error_and_table_survives() {
+        let r = table(Arc::default());
         let e = r.call("panic", json!({})).unwrap_err();
         assert_eq!(e.code, codes::INTERNAL_ERROR);
         assert!(e.message.contains("handler bug"), "{}", e.message);
@@ -468,7 +469,7 @@ mod tests {
 
     #[test]
     fn rpc_get_methods_lists_everything_sorted() {
-        let r = registry(Arc::default());
+        let r = table(Arc::default());
         assert_eq!(
             r.call(RPC_GET_METHODS, Value::Null).unwrap(),
             json!(["add", "echo", "fail_not_found", "panic", "rpc_get_methods"])
@@ -479,7 +480,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "registered twice")]
     fn duplicate_registration_panics() {
-        let mut r = Registry::new();
+        let mut r = MethodTable::new();
         r.register("a", |_| Ok(Value::Null));
         r.register("a", |_| Ok(Value::Null));
     }
