@@ -1,5 +1,6 @@
 //! The `sluice` binary against an in-process JSON-RPC server: what people see on
-//! stdout and stderr, what is sent, and the exit status.
+//! stdout and stderr, what is sent, and the exit status. (Every subcommand against
+//! the real daemon: `cli_daemon.rs`.)
 
 use serde_json::{json, Value};
 use sluice_rpc::jsonrpc::{serve_unix, MethodTable, RpcError, ServerHandle, Shutdown};
@@ -56,10 +57,14 @@ fn daemon() -> Daemon {
         }),
     );
     r.register(
-        "job_get",
-        record("job_get", |_| {
-            Ok(json!({"id": 3, "state": "running", "done_bytes": 2048}))
+        "volume_resize",
+        record("volume_resize", |p| {
+            Ok(json!({"name": p["name"], "size": p["size"], "chunk_size": 65536}))
         }),
+    );
+    r.register(
+        "nbd_export_remove",
+        record("nbd_export_remove", |_| Ok(json!(true))),
     );
     r.register("shutdown", record("shutdown", |_| Ok(json!(true))));
     let server = serve_unix(&socket, Arc::new(r), Shutdown::new()).unwrap();
@@ -119,22 +124,44 @@ fn json_flag_prints_the_raw_result() {
 }
 
 #[test]
-fn objects_print_as_key_value_lines_and_true_prints_nothing() {
+fn objects_print_as_key_value_lines_under_what_was_done() {
     let d = daemon();
-    let o = sluice(&["job_get", "3"], &d.socket);
+    let o = sluice(&["volume_resize", "v9", "2K"], &d.socket);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stdout(&o),
-        "id:         3\nstate:      running\ndone_bytes: 2.0 KiB\n"
+        "volume v9 resized to 2.0 KiB\nname:       v9\nsize:       2.0 KiB\nchunk_size: 64.0 KiB\n"
     );
-    assert_eq!(d.calls.lock().unwrap()[0].1, json!({"id": 3}));
+    assert_eq!(
+        d.calls.lock().unwrap()[0].1,
+        json!({"name": "v9", "size": 2048})
+    );
 
-    let o = sluice(&["shutdown"], &d.socket);
-    assert!(o.status.success());
-    assert_eq!(stdout(&o), "");
+    let o = sluice(&["nbd_export_remove", "e1"], &d.socket);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "export e1 removed\n");
 
     let o = sluice(&["pool_get_pools"], &d.socket);
     assert_eq!(stdout(&o), "(none)\n");
+}
+
+/// The stand-in daemon lives in this test process, which does not exit: `shutdown`
+/// must give up at the deadline with a clear error instead of returning early.
+#[test]
+fn shutdown_waits_for_the_process_and_fails_clearly_at_the_deadline() {
+    let d = daemon();
+    let o = sluice(&["-t", "0.5", "shutdown"], &d.socket);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&format!(
+            "(pid {}) accepted shutdown but is still running",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert_eq!(stdout(&o), "", "nothing claims the daemon stopped");
+    assert_eq!(d.calls.lock().unwrap()[0].0, "shutdown");
 }
 
 #[test]

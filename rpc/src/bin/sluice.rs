@@ -1,14 +1,17 @@
 //! `sluice`: the command-line client of sluiced (SPDK `rpc.py` style).
 //!
 //! Parses arguments ([`sluice_rpc::cli`]), sends one request with
-//! [`sluice_rpc::client::Client`], prints the result. Exit status: 0 success, 1 the
-//! daemon answered with an error, 2 the daemon could not be reached (or bad usage,
-//! which clap reports with 2 as well).
+//! [`sluice_rpc::client::Client`], prints what was done ([`report`]) or, with
+//! `--json`, the raw result. `shutdown` returns only once the daemon process has
+//! exited ([`daemon_exit`]). Exit status: 0 success, 1 the daemon answered with an
+//! error (or did not exit after `shutdown` in time), 2 the daemon could not be
+//! reached (or bad usage, which clap reports with 2 as well).
 
 use anyhow::Context;
 use clap::Parser;
 use serde_json::Value;
-use sluice_rpc::cli::{output, Cli};
+use sluice_rpc::cli::daemon_exit::{self, DaemonProcess};
+use sluice_rpc::cli::{report, Cli, Command};
 use sluice_rpc::client::{Client, ClientError};
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -16,18 +19,30 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (method, params) = cli.command.request();
+    // Identified before the call: afterwards the daemon may already be gone.
+    let daemon = matches!(cli.command, Command::Shutdown)
+        .then(|| DaemonProcess::behind_socket(&cli.socket))
+        .flatten();
     let result = Client::connect(&cli.socket).and_then(|mut client| {
         client.set_timeout(cli.call_timeout());
         client.call(method, params)
     });
     match result {
-        Ok(result) => match print(&result, cli.json) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
+        Ok(result) => {
+            if matches!(cli.command, Command::Shutdown) {
+                if let Err(e) = wait_gone(&cli, daemon.as_ref()) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
             }
-        },
+            match print(&cli, &result) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Err(ClientError::Rpc(e)) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
@@ -46,13 +61,25 @@ fn main() -> ExitCode {
     }
 }
 
-fn print(result: &Value, json: bool) -> anyhow::Result<()> {
-    let text = if json {
+/// After `shutdown` was accepted: wait until the daemon process has exited (or, if
+/// it could not be identified, until its socket stops answering), up to `--timeout`.
+fn wait_gone(cli: &Cli, daemon: Option<&DaemonProcess>) -> Result<(), daemon_exit::ExitWaitError> {
+    match daemon {
+        Some(process) => process.wait_exit(cli.call_timeout()),
+        None => daemon_exit::wait_unreachable(
+            || Client::connect(&cli.socket).is_ok(),
+            cli.call_timeout(),
+        ),
+    }
+}
+
+fn print(cli: &Cli, result: &Value) -> anyhow::Result<()> {
+    let text = if cli.json {
         let mut s = serde_json::to_string_pretty(result).context("cannot format the result")?;
         s.push('\n');
         s
     } else {
-        output::render(result)
+        report::report(&cli.command, result)
     };
     match io::stdout().lock().write_all(text.as_bytes()) {
         // `sluice ... | head` is not an error.

@@ -1,26 +1,32 @@
 //! The `sluice` command line: one subcommand per JSON-RPC method, SPDK `rpc.py` style.
 //!
 //! This module owns the mapping from arguments to a request (method name + params
-//! object) and, in [`output`], from a result to what a person reads. The binary
-//! (`src/bin/sluice.rs`) only glues them to a [`Client`](crate::client::Client), so
-//! that both halves are unit-tested without a daemon.
+//! object); [`report`] says what a successful command did, [`output`] turns a result
+//! into what a person reads, and [`daemon_exit`] waits for the daemon to be gone
+//! after `shutdown`. The binary (`src/bin/sluice.rs`) only glues them to a
+//! [`Client`](crate::client::Client), so that they are unit-tested without a daemon.
 //!
 //! Choices:
-//! * subcommands are the method names verbatim (`volume_create`), so the CLI, the
-//!   docs and `rpc_get_methods` use one vocabulary; flags are kebab-case and map to
+//! * subcommands are the method names verbatim (`volume_create`), exactly the methods
+//!   the daemon serves (a test compares them with `rpc_get_methods`), so the CLI, the
+//!   docs and the daemon use one vocabulary; flags are kebab-case and map to
 //!   snake_case params (`--zone-size` → `zone_size`);
+//! * help text states the daemon's limits (chunk sizes, volume sizes) and defaults;
+//!   the engine still enforces them, the CLI does not duplicate the rules;
 //! * sizes are parsed here with [`crate::size`] and sent as integer bytes, so a typo
 //!   is caught before anything is sent and the daemon logs exact values;
 //! * file paths (`pool_create`, `pool_import`, `save_config --path`,
-//!   `nbd_server_start --unix`) are made absolute against the CLI's working
+//!   `nbd_server_start --unix/--tls-x509/--tls-psk`) are made absolute against the CLI's working
 //!   directory, because the daemon's working directory is not the user's;
 //! * optional flags that are not given are omitted, so the daemon's defaults apply.
 
+pub mod daemon_exit;
 pub mod output;
+pub mod report;
 
 use crate::size::parse_size;
 use clap::{Parser, Subcommand};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,8 +37,11 @@ const SIZE_HELP: &str = "\
 Sizes are bytes (4096) or a number with a binary unit: K, M, G, T, P, E, optionally followed \
 by iB or B (64K = 64KiB = 65536). Fractions are allowed when the result is whole bytes (1.5G).
 
-Exit status: 0 on success, 1 when the daemon returns an error, 2 when it cannot be reached \
-or the command line is wrong.";
+Output: a line saying what was done and readable tables; --json prints the daemon's raw \
+result instead, for scripts.
+
+Exit status: 0 on success, 1 when the daemon returns an error (or, for shutdown, does not \
+exit in time), 2 when it cannot be reached or the command line is wrong.";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,10 +87,11 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a valid timeout"))
 }
 
-// One subcommand per method. (Plain comments here: clap would show a doc comment as
-// the program's description.) `rename_all` on the enum names the subcommands after the
-// methods, but clap also applies it to the flags inside; variants with multi-word
-// flags switch their flags back to kebab-case.
+// One subcommand per method the daemon serves, and no other (`tests/cli_methods.rs`
+// compares them with the daemon's `rpc_get_methods`). Plain comments here: clap would
+// show a doc comment as the program's description. `rename_all` on the enum names the
+// subcommands after the methods, but clap also applies it to the flags inside;
+// variants with multi-word flags switch their flags back to kebab-case.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 #[command(rename_all = "snake_case")]
 pub enum Command {
@@ -92,10 +102,12 @@ pub enum Command {
         name: String,
         /// File or block device to format.
         path: String,
-        /// Size of the pool (files only; block devices use their whole size).
+        /// Size of the pool, e.g. 16G (files only, required for a new file; block
+        /// devices use their whole size).
         #[arg(long, value_parser = parse_size)]
         size: Option<u64>,
-        /// Size of one zone, the unit of allocation and of parallelism.
+        /// Size of one zone, the unit of allocation and of parallelism: a multiple
+        /// of 4K (default 256M).
         #[arg(long, value_parser = parse_size)]
         zone_size: Option<u64>,
         /// Format over a device that already holds a pool (destroying it). A
@@ -107,84 +119,145 @@ pub enum Command {
     PoolImport {
         /// File or block device holding the pool.
         path: String,
-        /// Name to give the pool (default: the name stored in it).
+        /// Name to give the pool in this daemon (default: pool0; a pool does not
+        /// store its name).
         #[arg(long)]
         name: Option<String>,
     },
     /// List pools with their space usage.
     PoolGetPools,
-    /// Report who owns each physical range of a pool (like GETFSMAP).
-    PoolGetFsmap {
-        #[arg(long)]
-        pool: Option<String>,
-        /// First physical byte to report; pass the end of the last record to page.
-        #[arg(long, value_parser = parse_size)]
-        start: Option<u64>,
-        /// Maximum number of records.
-        #[arg(long)]
-        count: Option<u64>,
-    },
-    /// Cross-check a pool's metadata; returns a job.
+    /// Cross-check a pool's metadata and print the problems found. Synchronous:
+    /// returns when every zone has been checked.
     PoolScrub {
+        /// Pool to check (default: the only pool).
         #[arg(long)]
         pool: Option<String>,
+        /// Also read and decompress every chunk (slower; finds damaged data too).
+        #[arg(long)]
+        deep: bool,
     },
-    /// Rebuild damaged metadata while I/O continues; returns a job.
-    PoolRepair {
+    /// Close a pool: checkpoint it, stop its zones, release the device.
+    PoolExport {
+        /// Pool to close.
+        name: String,
+        /// Remove the exports of its volumes first (disconnecting their clients)
+        /// instead of refusing.
         #[arg(long)]
-        pool: Option<String>,
-        /// Which tree to rebuild (default: whatever scrub found damaged).
+        force: bool,
+    },
+    /// Close a pool and erase it: the device no longer holds a pool, a pool file
+    /// is removed.
+    PoolDelete {
+        /// Pool to delete.
+        name: String,
+        /// Remove the exports of its volumes first (disconnecting their clients)
+        /// instead of refusing.
         #[arg(long)]
-        tree: Option<String>,
+        force: bool,
     },
     /// Create a thin-provisioned volume.
     #[command(name = "volume_create", rename_all = "kebab-case")]
     VolumeCreate {
         /// Name of the new volume.
         name: String,
-        /// Logical size, e.g. 10G.
+        /// Logical size, e.g. 10G: a multiple of 512 bytes, up to 1P.
         #[arg(value_parser = parse_size)]
         size: u64,
-        /// Unit of compression and allocation (4K..1G, power of two).
+        /// Unit of compression and allocation: a power of two from 4K to 1M
+        /// (default 64K).
         #[arg(long, value_parser = parse_size)]
         chunk_size: Option<u64>,
+        /// Compression of each chunk (default lz4).
         #[arg(long, value_parser = ["lz4", "none"])]
         compression: Option<String>,
         /// Pool to create it in (default: the only pool).
         #[arg(long)]
         pool: Option<String>,
     },
-    /// Delete a volume, snapshot or clone, freeing blocks nobody else shares.
-    VolumeDelete { name: String },
-    /// Change a volume's logical size.
+    /// Delete a volume, freeing its blocks. An exported volume is refused.
+    VolumeDelete {
+        name: String,
+        /// Pool holding the volume (needed when several pools have one of that name).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Change a volume's logical size (a multiple of 512 bytes, up to 1P).
     VolumeResize {
         name: String,
+        /// New logical size, e.g. 20G.
         #[arg(value_parser = parse_size)]
         size: u64,
+        /// Pool holding the volume (needed when several pools have one of that name).
+        #[arg(long)]
+        pool: Option<String>,
     },
-    /// Create a read-only snapshot sharing all of a volume's blocks.
-    VolumeSnapshot { volume: String, snapshot: String },
-    /// Create a writable clone of a snapshot.
-    VolumeClone { snapshot: String, clone: String },
-    /// List volumes, snapshots and clones.
+    /// Rename a volume; its exports follow the new name.
+    VolumeRename {
+        name: String,
+        new_name: String,
+        /// Pool holding the volume (needed when several pools have one of that name).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Make a volume read-only (true) or writable (false); open NBD connections
+    /// see the change at their next write.
+    VolumeSetReadOnly {
+        name: String,
+        /// true or false.
+        #[arg(action = clap::ArgAction::Set, value_parser = clap::value_parser!(bool))]
+        read_only: bool,
+        /// Pool holding the volume (needed when several pools have one of that name).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// List volumes.
     VolumeGetVolumes {
+        /// Only this volume.
         #[arg(long)]
         name: Option<String>,
+        /// Only volumes of this pool.
+        #[arg(long)]
+        pool: Option<String>,
     },
-    /// I/O counters per volume.
+    /// I/O counters and latency per volume.
     VolumeGetIostat {
+        /// Only this volume.
         #[arg(long)]
         name: Option<String>,
+        /// Only volumes of this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// Zero the counters after reading them (the values printed are those
+        /// before the reset).
+        #[arg(long)]
+        reset: bool,
     },
-    /// Start the NBD server on a Unix socket and/or loopback TCP address.
+    /// Start the NBD server on a Unix socket and optionally a TCP address.
+    #[command(name = "nbd_server_start", rename_all = "kebab-case")]
     NbdServerStart {
-        /// Unix socket path for NBD clients.
+        /// Unix socket path for NBD clients (default: <data-dir>/nbd.sock).
         #[arg(long)]
         unix: Option<String>,
-        /// TCP address, e.g. 127.0.0.1:10809.
+        /// TCP address, e.g. 127.0.0.1:10809. An address that is not loopback
+        /// needs --tls-x509 or --tls-psk, or --insecure.
         #[arg(long)]
         tcp: Option<String>,
+        /// Require TLS with X.509 certificates from DIR (server-cert.pem,
+        /// server-key.pem, optionally ca-cert.pem to check client certificates).
+        #[arg(long, value_name = "DIR", conflicts_with = "tls_psk")]
+        tls_x509: Option<String>,
+        /// Require TLS with pre-shared keys from FILE (lines of username:hexkey,
+        /// as written by psktool).
+        #[arg(long, value_name = "FILE")]
+        tls_psk: Option<String>,
+        /// Allow a TCP address that is not loopback without TLS: anyone who can
+        /// reach it reads and writes the exports.
+        #[arg(long)]
+        insecure: bool,
     },
+    /// Stop the NBD server (listeners closed, clients disconnected); exports stay
+    /// defined and are served again after nbd_server_start.
+    NbdServerStop,
     /// Export a volume over NBD.
     #[command(name = "nbd_export_add", rename_all = "kebab-case")]
     NbdExportAdd {
@@ -192,8 +265,12 @@ pub enum Command {
         /// Export name (default: the volume name).
         #[arg(long)]
         name: Option<String>,
+        /// Refuse writes on this export.
         #[arg(long)]
         read_only: bool,
+        /// Pool holding the volume (needed when several pools have one of that name).
+        #[arg(long)]
+        pool: Option<String>,
     },
     /// Stop exporting (existing NBD connections are closed).
     NbdExportRemove { name: String },
@@ -201,11 +278,6 @@ pub enum Command {
     NbdGetExports,
     /// List reactors (one per core) and what they own.
     FrameworkGetReactors,
-    /// Progress and result of a background job (scrub, repair).
-    JobGet {
-        /// Job id as returned by pool_scrub / pool_repair.
-        id: String,
-    },
     /// List the methods the daemon serves.
     RpcGetMethods,
     /// Write the current configuration as a file of method calls.
@@ -214,8 +286,21 @@ pub enum Command {
         #[arg(long)]
         path: Option<String>,
     },
-    /// Stop the daemon cleanly.
+    /// Stop the daemon cleanly and wait until its process has exited (up to
+    /// --timeout).
     Shutdown,
+}
+
+/// The subcommand names, which are the method names the CLI can call (for the
+/// comparison with the daemon's `rpc_get_methods`).
+pub fn method_names() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        // clap's own `help` subcommand is added when the parser is built; not a method.
+        .filter(|name| name != "help")
+        .collect()
 }
 
 impl Command {
@@ -244,17 +329,17 @@ impl Command {
                 p.set("path", absolute(&path)).opt("name", name).done(),
             ),
             PoolGetPools => ("pool_get_pools", p.done()),
-            PoolGetFsmap { pool, start, count } => (
-                "pool_get_fsmap",
-                p.opt("pool", pool)
-                    .opt("start", start)
-                    .opt("count", count)
-                    .done(),
-            ),
-            PoolScrub { pool } => ("pool_scrub", p.opt("pool", pool).done()),
-            PoolRepair { pool, tree } => {
-                ("pool_repair", p.opt("pool", pool).opt("tree", tree).done())
+            PoolScrub { pool, deep } => {
+                ("pool_scrub", p.opt("pool", pool).flag("deep", deep).done())
             }
+            PoolExport { name, force } => (
+                "pool_export",
+                p.set("name", name).flag("force", force).done(),
+            ),
+            PoolDelete { name, force } => (
+                "pool_delete",
+                p.set("name", name).flag("force", force).done(),
+            ),
             VolumeCreate {
                 name,
                 size,
@@ -270,49 +355,88 @@ impl Command {
                     .opt("pool", pool)
                     .done(),
             ),
-            VolumeDelete { name } => ("volume_delete", p.set("name", name).done()),
-            VolumeResize { name, size } => (
+            VolumeDelete { name, pool } => (
+                "volume_delete",
+                p.set("name", name).opt("pool", pool).done(),
+            ),
+            VolumeResize { name, size, pool } => (
                 "volume_resize",
-                p.set("name", name).set("size", size).done(),
-            ),
-            VolumeSnapshot { volume, snapshot } => (
-                "volume_snapshot",
-                p.set("volume", volume).set("snapshot", snapshot).done(),
-            ),
-            VolumeClone { snapshot, clone } => (
-                "volume_clone",
-                p.set("snapshot", snapshot).set("clone", clone).done(),
-            ),
-            VolumeGetVolumes { name } => ("volume_get_volumes", p.opt("name", name).done()),
-            VolumeGetIostat { name } => ("volume_get_iostat", p.opt("name", name).done()),
-            NbdServerStart { unix, tcp } => (
-                "nbd_server_start",
-                p.opt("unix", unix.as_deref().map(absolute))
-                    .opt("tcp", tcp)
+                p.set("name", name)
+                    .set("size", size)
+                    .opt("pool", pool)
                     .done(),
             ),
+            VolumeRename {
+                name,
+                new_name,
+                pool,
+            } => (
+                "volume_rename",
+                p.set("name", name)
+                    .set("new_name", new_name)
+                    .opt("pool", pool)
+                    .done(),
+            ),
+            VolumeSetReadOnly {
+                name,
+                read_only,
+                pool,
+            } => (
+                "volume_set_read_only",
+                p.set("name", name)
+                    .set("read_only", read_only)
+                    .opt("pool", pool)
+                    .done(),
+            ),
+            VolumeGetVolumes { name, pool } => (
+                "volume_get_volumes",
+                p.opt("name", name).opt("pool", pool).done(),
+            ),
+            VolumeGetIostat { name, pool, reset } => (
+                "volume_get_iostat",
+                p.opt("name", name)
+                    .opt("pool", pool)
+                    .flag("reset", reset)
+                    .done(),
+            ),
+            NbdServerStart {
+                unix,
+                tcp,
+                tls_x509,
+                tls_psk,
+                insecure,
+            } => {
+                let tls = match (tls_x509, tls_psk) {
+                    (Some(dir), _) => Some(json!({"mode": "x509", "dir": absolute(&dir)})),
+                    (None, Some(file)) => Some(json!({"mode": "psk", "psk_file": absolute(&file)})),
+                    (None, None) => None,
+                };
+                (
+                    "nbd_server_start",
+                    p.opt("unix", unix.as_deref().map(absolute))
+                        .opt("tcp", tcp)
+                        .opt("tls", tls)
+                        .flag("insecure", insecure)
+                        .done(),
+                )
+            }
+            NbdServerStop => ("nbd_server_stop", p.done()),
             NbdExportAdd {
                 volume,
                 name,
                 read_only,
+                pool,
             } => (
                 "nbd_export_add",
                 p.set("volume", volume)
                     .opt("name", name)
                     .flag("read_only", read_only)
+                    .opt("pool", pool)
                     .done(),
             ),
             NbdExportRemove { name } => ("nbd_export_remove", p.set("name", name).done()),
             NbdGetExports => ("nbd_get_exports", p.done()),
             FrameworkGetReactors => ("framework_get_reactors", p.done()),
-            JobGet { id } => {
-                // Ids are numbers on the wire; a non-numeric id is passed through so
-                // the daemon, not the CLI, decides what ids look like.
-                let id = id
-                    .parse::<u64>()
-                    .map_or_else(|_| Value::from(id), Value::from);
-                ("job_get", p.set("id", id).done())
-            }
             RpcGetMethods => ("rpc_get_methods", p.done()),
             SaveConfig { path } => (
                 "save_config",
@@ -387,42 +511,49 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// What the daemon serves once issue 14's control surface is merged; the
+    /// daemon-side comparison is `tests/cli_methods.rs`.
+    const METHODS: [&str; 22] = [
+        "pool_create",
+        "pool_import",
+        "pool_get_pools",
+        "pool_scrub",
+        "pool_export",
+        "pool_delete",
+        "volume_create",
+        "volume_delete",
+        "volume_resize",
+        "volume_rename",
+        "volume_set_read_only",
+        "volume_get_volumes",
+        "volume_get_iostat",
+        "nbd_server_start",
+        "nbd_server_stop",
+        "nbd_export_add",
+        "nbd_export_remove",
+        "nbd_get_exports",
+        "framework_get_reactors",
+        "rpc_get_methods",
+        "save_config",
+        "shutdown",
+    ];
+
     #[test]
-    fn every_design_method_has_a_subcommand_of_the_same_name() {
-        let methods = [
-            "pool_create",
-            "pool_import",
-            "pool_get_pools",
-            "pool_get_fsmap",
-            "pool_scrub",
-            "pool_repair",
-            "volume_create",
-            "volume_delete",
-            "volume_resize",
-            "volume_snapshot",
-            "volume_clone",
-            "volume_get_volumes",
-            "volume_get_iostat",
-            "nbd_server_start",
-            "nbd_export_add",
-            "nbd_export_remove",
-            "nbd_get_exports",
-            "framework_get_reactors",
-            "job_get",
-            "rpc_get_methods",
-            "save_config",
-            "shutdown",
-        ];
-        let cmd = Cli::command();
-        let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
-        for m in methods {
-            assert!(names.contains(&m), "no subcommand {m}; have {names:?}");
-        }
-        // And each subcommand sends the method it is named after.
-        for sub in cmd.get_subcommands() {
+    fn subcommands_are_the_served_methods_and_send_their_own_name() {
+        let mut names = method_names();
+        names.sort();
+        let mut expected: Vec<String> = METHODS.iter().map(|m| m.to_string()).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        for sub in Cli::command().get_subcommands() {
             let mut args = vec![sub.get_name()];
-            let positional = sub.get_positionals().count();
-            args.extend(std::iter::repeat_n("1", positional));
+            for arg in sub.get_positionals() {
+                args.push(if arg.get_id() == "read_only" {
+                    "true"
+                } else {
+                    "1"
+                });
+            }
             assert_eq!(request(&args).0, sub.get_name());
         }
     }
@@ -451,49 +582,174 @@ mod tests {
             json!({"name": "v0", "size": 4096})
         );
         assert_eq!(
-            request(&["nbd_export_add", "v0", "--read-only", "--name", "e"]).1,
-            json!({"volume": "v0", "name": "e", "read_only": true})
+            request(&[
+                "nbd_export_add",
+                "v0",
+                "--read-only",
+                "--name",
+                "e",
+                "--pool",
+                "p"
+            ])
+            .1,
+            json!({"volume": "v0", "name": "e", "read_only": true, "pool": "p"})
         );
         assert_eq!(
             request(&["nbd_export_add", "v0"]).1,
             json!({"volume": "v0"})
         );
         assert_eq!(
-            request(&[
-                "pool_get_fsmap",
-                "--pool",
-                "p",
-                "--start",
-                "1M",
-                "--count",
-                "10"
-            ])
-            .1,
-            json!({"pool": "p", "start": 1048576, "count": 10})
-        );
-        assert_eq!(
-            request(&["volume_clone", "s", "c"]).1,
-            json!({"snapshot": "s", "clone": "c"})
-        );
-        assert_eq!(
-            request(&["volume_snapshot", "v", "s"]).1,
-            json!({"volume": "v", "snapshot": "s"})
-        );
-        assert_eq!(
             request(&["nbd_server_start", "--tcp", "127.0.0.1:10809"]).1,
             json!({"tcp": "127.0.0.1:10809"})
         );
-        assert_eq!(
-            request(&["pool_repair", "--tree", "rmap"]).1,
-            json!({"tree": "rmap"})
-        );
-        assert_eq!(request(&["job_get", "7"]).1, json!({"id": 7}));
-        assert_eq!(request(&["job_get", "scrub-1"]).1, json!({"id": "scrub-1"}));
         assert_eq!(
             request(&["pool_get_pools"]),
             ("pool_get_pools", Value::Null)
         );
         assert_eq!(request(&["shutdown"]), ("shutdown", Value::Null));
+        assert_eq!(
+            request(&["nbd_server_stop"]),
+            ("nbd_server_stop", Value::Null)
+        );
+        assert_eq!(
+            request(&["pool_scrub", "--pool", "p", "--deep"]).1,
+            json!({"pool": "p", "deep": true})
+        );
+        assert_eq!(request(&["pool_scrub"]).1, Value::Null);
+    }
+
+    #[test]
+    fn new_control_methods_send_the_agreed_params() {
+        assert_eq!(
+            request(&["pool_export", "p1"]),
+            ("pool_export", json!({"name": "p1"}))
+        );
+        assert_eq!(
+            request(&["pool_export", "p1", "--force"]).1,
+            json!({"name": "p1", "force": true})
+        );
+        assert_eq!(
+            request(&["pool_delete", "p1", "--force"]),
+            ("pool_delete", json!({"name": "p1", "force": true}))
+        );
+        assert_eq!(
+            request(&["volume_rename", "a", "b", "--pool", "p"]),
+            (
+                "volume_rename",
+                json!({"name": "a", "new_name": "b", "pool": "p"})
+            )
+        );
+        assert_eq!(
+            request(&["volume_set_read_only", "v", "true"]),
+            (
+                "volume_set_read_only",
+                json!({"name": "v", "read_only": true})
+            )
+        );
+        assert_eq!(
+            request(&["volume_set_read_only", "v", "false", "--pool", "p"]).1,
+            json!({"name": "v", "read_only": false, "pool": "p"})
+        );
+        assert_eq!(
+            request(&["volume_get_iostat", "--name", "v", "--pool", "p", "--reset"]).1,
+            json!({"name": "v", "pool": "p", "reset": true})
+        );
+        assert_eq!(request(&["volume_get_iostat"]).1, Value::Null);
+        for (args, params) in [
+            (
+                &["volume_delete", "v", "--pool", "p"][..],
+                json!({"name": "v", "pool": "p"}),
+            ),
+            (
+                &["volume_resize", "v", "2G", "--pool", "p"],
+                json!({"name": "v", "size": 2u64 << 30, "pool": "p"}),
+            ),
+            (&["volume_get_volumes", "--pool", "p"], json!({"pool": "p"})),
+        ] {
+            assert_eq!(request(args).1, params, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn nbd_tls_flags_become_the_tls_object() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            request(&[
+                "nbd_server_start",
+                "--tcp",
+                "0.0.0.0:10809",
+                "--tls-x509",
+                "pki"
+            ])
+            .1,
+            json!({"tcp": "0.0.0.0:10809", "tls": {"mode": "x509", "dir": cwd.join("pki").to_str().unwrap()}})
+        );
+        assert_eq!(
+            request(&[
+                "nbd_server_start",
+                "--tcp",
+                "0.0.0.0:10809",
+                "--tls-psk",
+                "/etc/keys.psk"
+            ])
+            .1,
+            json!({"tcp": "0.0.0.0:10809", "tls": {"mode": "psk", "psk_file": "/etc/keys.psk"}})
+        );
+        assert_eq!(
+            request(&["nbd_server_start", "--tcp", "0.0.0.0:10809", "--insecure"]).1,
+            json!({"tcp": "0.0.0.0:10809", "insecure": true})
+        );
+        let both = Cli::try_parse_from([
+            "sluice",
+            "nbd_server_start",
+            "--tls-x509",
+            "d",
+            "--tls-psk",
+            "f",
+        ]);
+        assert!(both.is_err(), "one TLS mode at a time");
+    }
+
+    #[test]
+    fn help_states_the_daemon_limits_and_behaviour() {
+        let help = |sub: &str| {
+            let mut cmd = Cli::command();
+            let sub = cmd
+                .find_subcommand_mut(sub)
+                .unwrap_or_else(|| panic!("no {sub}"));
+            sub.render_long_help().to_string()
+        };
+        let create = help("volume_create");
+        assert!(create.contains("from 4K to 1M"), "{create}");
+        assert!(!create.contains("1G"), "{create}");
+        assert!(help("pool_scrub").contains("Synchronous"));
+        let import = help("pool_import");
+        assert!(import.contains("default: pool0"), "{import}");
+        assert!(!import.contains("stored in it"), "{import}");
+        let top = Cli::command().render_long_help().to_string();
+        assert!(top.contains("(64K = 64KiB = 65536)"), "{top}");
+    }
+
+    #[test]
+    fn every_volume_subcommand_takes_pool() {
+        for sub in [
+            "volume_create",
+            "volume_delete",
+            "volume_resize",
+            "volume_rename",
+            "volume_set_read_only",
+            "volume_get_volumes",
+            "volume_get_iostat",
+            "nbd_export_add",
+        ] {
+            let cmd = Cli::command();
+            let sub = cmd.find_subcommand(sub).unwrap();
+            assert!(
+                sub.get_arguments().any(|a| a.get_long() == Some("pool")),
+                "{} has no --pool",
+                sub.get_name()
+            );
+        }
     }
 
     #[test]
@@ -532,7 +788,10 @@ mod tests {
             &["volume_create", "v", "1G", "--compression", "zstd"],
             &["volume_resize", "v"],
             &["no_such_method"],
-            &["job_get"],
+            &["job_get", "1"],
+            &["volume_snapshot", "v", "s"],
+            &["volume_set_read_only", "v"],
+            &["volume_set_read_only", "v", "yes"],
             &["-t", "soon", "shutdown"],
             &["-t", "-1", "shutdown"],
         ] {

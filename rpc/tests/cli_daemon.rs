@@ -1,0 +1,220 @@
+//! Every subcommand the daemon serves today, run from the `sluice` binary against
+//! the real daemon: the line saying what was done, tables without raw JSON, the
+//! help's limits as the daemon applies them, and `shutdown` returning only after
+//! the daemon process has exited.
+
+mod common;
+
+use common::{run, Sluiced};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn sluice(d: &Sluiced, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("-s")
+        .arg(d.rpc_sock())
+        .args(args)
+        .env_remove("SLUICE_RPC_SOCKET")
+        .output()
+        .unwrap()
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(d: &Sluiced, args: &[&str]) -> String {
+    let o = sluice(d, args);
+    assert!(
+        o.status.success(),
+        "sluice {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// A table: a header line and no JSON punctuation anywhere.
+fn assert_table(text: &str, header_starts: &str) {
+    assert!(text.starts_with(header_starts), "{text}");
+    assert!(
+        !text.contains('{') && !text.contains('[') && !text.contains('"'),
+        "raw JSON in a table:\n{text}"
+    );
+}
+
+#[test]
+fn every_served_subcommand_from_the_cli() {
+    let mut d = Sluiced::start("cli-daemon", &[]);
+    let dir = d.dir.clone();
+
+    let out = ok(&d, &["pool_get_pools"]);
+    assert_table(&out, "NAME ");
+    assert!(out.lines().nth(1).unwrap().starts_with("pool0 "), "{out}");
+
+    let p1 = dir.join("p1.img");
+    let out = ok(
+        &d,
+        &[
+            "pool_create",
+            "p1",
+            p1.to_str().unwrap(),
+            "--size",
+            "1G",
+            "--zone-size",
+            "128M",
+        ],
+    );
+    assert!(out.starts_with("pool p1 created\nname:"), "{out}");
+    assert!(!out.contains('{') && !out.contains('['), "{out}");
+
+    // Help states the chunk-size limits; the daemon applies exactly those.
+    let help = ok(&d, &["volume_create", "--help"]);
+    assert!(help.contains("from 4K to 1M"), "{help}");
+    let out = ok(
+        &d,
+        &[
+            "volume_create",
+            "big",
+            "16M",
+            "--chunk-size",
+            "1M",
+            "--pool",
+            "p1",
+        ],
+    );
+    assert!(out.starts_with("volume big created\n"), "{out}");
+    let o = sluice(
+        &d,
+        &[
+            "volume_create",
+            "bigger",
+            "16M",
+            "--chunk-size",
+            "2M",
+            "--pool",
+            "p1",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("from 4 KiB to 1 MiB"), "{err}");
+
+    // The same volume name in two pools: --pool picks.
+    ok(
+        &d,
+        &[
+            "volume_create",
+            "v1",
+            "64M",
+            "--chunk-size",
+            "16K",
+            "--pool",
+            "pool0",
+        ],
+    );
+    ok(&d, &["volume_create", "v1", "32M", "--pool", "p1"]);
+    let out = ok(&d, &["volume_resize", "v1", "128M", "--pool", "p1"]);
+    assert!(out.starts_with("volume v1 resized to 128.0 MiB\n"), "{out}");
+    assert!(out.contains("pool:") && out.contains("p1"), "{out}");
+    let out = ok(&d, &["volume_get_volumes", "--pool", "p1"]);
+    assert_table(&out, "NAME ");
+    assert!(out.contains("128.0 MiB") && !out.contains("pool0"), "{out}");
+
+    let out = ok(
+        &d,
+        &["nbd_export_add", "v1", "--name", "e1", "--pool", "pool0"],
+    );
+    assert!(out.starts_with("export e1 added\n"), "{out}");
+    let out = ok(&d, &["nbd_get_exports"]);
+    assert_table(&out, "NAME ");
+    assert!(out.contains("e1"), "{out}");
+    // Some I/O so that iostat has latencies to show.
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 7 0 1M",
+            "-c",
+            "read -P 7 0 1M",
+            &d.uri("e1"),
+        ],
+    );
+    let out = ok(
+        &d,
+        &["volume_get_iostat", "--name", "v1", "--pool", "pool0"],
+    );
+    assert_table(&out, "NAME ");
+    // A latency cell reads "p50 1.7ms p99 ...", with a unit.
+    let lat = out.split("p50 ").nth(1).unwrap_or_else(|| panic!("{out}"));
+    assert!(lat.contains("s p99 "), "{out}");
+
+    let out = ok(&d, &["framework_get_reactors"]);
+    assert_table(&out, "INDEX ");
+    assert!(out.contains("pool0: 0-"), "{out}");
+
+    let out = ok(&d, &["pool_scrub", "--pool", "pool0"]);
+    assert_eq!(out, "pool pool0 scrubbed: clean\n");
+
+    let cfg = dir.join("saved.json");
+    let out = ok(&d, &["save_config", "--path", cfg.to_str().unwrap()]);
+    assert_eq!(out, format!("configuration saved to {}\n", cfg.display()));
+    assert!(cfg.exists());
+
+    assert_eq!(ok(&d, &["nbd_export_remove", "e1"]), "export e1 removed\n");
+    assert_eq!(
+        ok(&d, &["volume_delete", "v1", "--pool", "pool0"]),
+        "volume v1 deleted\n"
+    );
+    let o = sluice(
+        &d,
+        &["volume_get_volumes", "--name", "v1", "--pool", "pool0"],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).lines().count() <= 1
+            || !String::from_utf8_lossy(&o.stdout).contains("pool0"),
+        "v1 of pool0 is gone"
+    );
+
+    let out = ok(&d, &["rpc_get_methods"]);
+    assert!(out.lines().any(|l| l == "volume_create"), "{out}");
+
+    // shutdown returns only once the process has exited.
+    let out = ok(&d, &["shutdown"]);
+    assert_eq!(out, "daemon stopped\n");
+    let mut child = d.child.take().unwrap();
+    let status = child.try_wait().unwrap();
+    assert!(
+        status.is_some(),
+        "sluice shutdown returned while sluiced (pid {}) was still running",
+        child.id()
+    );
+    assert!(status.unwrap().success());
+    assert!(!Path::new(&d.rpc_sock()).exists(), "socket removed");
+}
+
+/// `pool_import` without --name names the pool pool0, as the help says.
+#[test]
+fn import_uses_the_default_name_from_the_help() {
+    let mut a = Sluiced::start("cli-import-a", &["--no-default-volume"]);
+    assert_eq!(ok(&a, &["shutdown"]), "daemon stopped\n");
+    a.child.take();
+    let help = {
+        let o = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["pool_import", "--help"])
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap()
+    };
+    assert!(help.contains("default: pool0"), "{help}");
+
+    let empty = a.dir.join("empty.json");
+    std::fs::write(&empty, "[]").unwrap();
+    let b = Sluiced::start("cli-import-b", &["--config", empty.to_str().unwrap()]);
+    assert_eq!(ok(&b, &["pool_get_pools"]), "(none)\n");
+    let img = a.dir.join("pool0.img");
+    let out = ok(&b, &["pool_import", img.to_str().unwrap()]);
+    assert!(
+        out.starts_with(&format!("pool pool0 imported from {}\n", img.display())),
+        "{out}"
+    );
+}
