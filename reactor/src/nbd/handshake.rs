@@ -18,9 +18,10 @@
 //! buffer more than `OPTION_HEADER_LEN + MAX_OPTION_LEN` bytes.
 //!
 //! Supported options: `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`,
-//! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the only
-//! context is `base:allocation`). Everything else, including `STARTTLS`
-//! (we run in NOTLS mode) and `EXTENDED_HEADERS`, gets `NBD_REP_ERR_UNSUP`.
+//! `STRUCTURED_REPLY`, `EXTENDED_HEADERS` (which implies structured
+//! replies), `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the only context
+//! is `base:allocation`). Everything else, including `STARTTLS` (we run in
+//! NOTLS mode), gets `NBD_REP_ERR_UNSUP`.
 
 use super::proto::*;
 
@@ -61,9 +62,10 @@ pub const BASE_ALLOCATION_CONTEXT_ID: u32 = 1;
 /// Read-only exports get READ_ONLY and lose every write-type flag (FUA,
 /// TRIM, WRITE_ZEROES, FAST_ZERO) but keep FLUSH, which is harmless.
 /// SEND_DF is set only when structured replies were negotiated, as the spec
-/// requires.
+/// requires. SEND_CACHE is always set: CACHE is validated and answered
+/// without touching storage (see `session`).
 pub fn transmission_flags(info: &ExportInfo, structured_replies: bool) -> u16 {
-    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN;
+    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN | FLAG_SEND_CACHE;
     if info.read_only {
         flags |= FLAG_READ_ONLY;
     } else {
@@ -85,6 +87,10 @@ pub struct Negotiated {
     /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged: READ and BLOCK_STATUS
     /// replies must be structured.
     pub structured_replies: bool,
+    /// `NBD_OPT_EXTENDED_HEADERS` was acknowledged: requests carry 32-byte
+    /// headers with 64-bit lengths and every reply is an extended chunk.
+    /// Implies `structured_replies`.
+    pub extended_headers: bool,
     /// Context id for `base:allocation` if the client selected it for this
     /// very export; `None` means BLOCK_STATUS gets `EINVAL`.
     pub base_allocation_context: Option<u32>,
@@ -130,6 +136,7 @@ pub struct Handshake {
     state: HandshakeState,
     no_zeroes: bool,
     structured: bool,
+    extended: bool,
     meta: Option<MetaSelection>,
     out: Vec<u8>,
 }
@@ -146,6 +153,7 @@ impl Handshake {
             state: HandshakeState::AwaitingClientFlags,
             no_zeroes: false,
             structured: false,
+            extended: false,
             meta: None,
             out: Vec::new(),
         }
@@ -304,7 +312,32 @@ impl Handshake {
                         REP_ERR_INVALID,
                         "NBD_OPT_STRUCTURED_REPLY takes no data",
                     );
+                } else if self.extended {
+                    self.error_reply(
+                        option,
+                        REP_ERR_EXT_HEADER_REQD,
+                        "extended headers are already negotiated",
+                    );
                 } else {
+                    self.structured = true;
+                    self.reply(option, REP_ACK, &[]);
+                }
+            }
+            OPT_EXTENDED_HEADERS => {
+                if !data.is_empty() {
+                    self.error_reply(
+                        option,
+                        REP_ERR_INVALID,
+                        "NBD_OPT_EXTENDED_HEADERS takes no data",
+                    );
+                } else if self.extended {
+                    self.error_reply(
+                        option,
+                        REP_ERR_INVALID,
+                        "extended headers are already negotiated",
+                    );
+                } else {
+                    self.extended = true;
                     self.structured = true;
                     self.reply(option, REP_ACK, &[]);
                 }
@@ -367,9 +400,10 @@ impl Handshake {
         export.extend_from_slice(&negotiated.transmission_flags.to_be_bytes());
         self.reply(option, REP_INFO, &export);
 
-        // Always advertised (the spec allows unrequested info): clients that
-        // asked for it are then bound by it, and we enforce it for everyone
-        // with clean EINVAL replies.
+        // Always advertised (the spec allows unrequested info). We enforce
+        // exactly this for every client, whether it asked or not: any
+        // alignment (minimum 1), READ/WRITE payloads up to the maximum
+        // (larger ones get EOVERFLOW after their payload is consumed).
         let mut bs = Vec::with_capacity(14);
         bs.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
         bs.extend_from_slice(&MIN_BLOCK_SIZE.to_be_bytes());
@@ -466,6 +500,7 @@ impl Handshake {
             size: info.size,
             read_only: info.read_only,
             structured_replies: self.structured,
+            extended_headers: self.extended,
             base_allocation_context,
             transmission_flags: transmission_flags(info, self.structured),
         }

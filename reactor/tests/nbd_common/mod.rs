@@ -33,8 +33,8 @@ use sluice_reactor::nbd::proto::*;
 use sluice_reactor::nbd::{
     encode_block_status, encode_error_reply, encode_offset_data, encode_offset_hole,
     encode_simple_reply, encode_simple_reply_header, parse_request, validate, Command as NbdCmd,
-    ExportCatalog, ExportInfo, Extent, Handshake, HandshakeState, Negotiated, ProtocolError,
-    Request,
+    ExportCatalog, ExportInfo, Handshake, HandshakeState, Negotiated, ProtocolError, Request,
+    StatusExtent,
 };
 
 /// Allocation granularity of the in-memory exports.
@@ -151,9 +151,9 @@ impl MemExport {
     }
 
     /// `base:allocation` extents for `[offset, offset+len)`, merged.
-    pub fn extents(&self, offset: u64, len: u64) -> Vec<Extent> {
+    pub fn extents(&self, offset: u64, len: u64) -> Vec<StatusExtent> {
         let blocks = self.lock();
-        let mut out: Vec<Extent> = Vec::new();
+        let mut out: Vec<StatusExtent> = Vec::new();
         for (b, _, n, _) in Self::pieces(offset, len) {
             let flags = if blocks.contains_key(&b) {
                 0
@@ -162,7 +162,7 @@ impl MemExport {
             };
             match out.last_mut() {
                 Some(last) if last.flags == flags => last.length += n as u32,
-                _ => out.push(Extent {
+                _ => out.push(StatusExtent {
                     length: n as u32,
                     flags,
                 }),
