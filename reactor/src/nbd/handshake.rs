@@ -137,6 +137,8 @@ pub struct Handshake {
     no_zeroes: bool,
     structured: bool,
     extended: bool,
+    /// Whether `NBD_OPT_EXTENDED_HEADERS` is offered at all.
+    allow_extended: bool,
     meta: Option<MetaSelection>,
     out: Vec<u8>,
 }
@@ -154,8 +156,18 @@ impl Handshake {
             no_zeroes: false,
             structured: false,
             extended: false,
+            allow_extended: true,
             meta: None,
             out: Vec::new(),
+        }
+    }
+
+    /// A handshake that answers `NBD_OPT_EXTENDED_HEADERS` with
+    /// `NBD_REP_ERR_UNSUP`, for drivers that only speak compact headers.
+    pub fn without_extended_headers() -> Self {
+        Handshake {
+            allow_extended: false,
+            ..Self::new()
         }
     }
 
@@ -324,7 +336,9 @@ impl Handshake {
                 }
             }
             OPT_EXTENDED_HEADERS => {
-                if !data.is_empty() {
+                if !self.allow_extended {
+                    self.error_reply(option, REP_ERR_UNSUP, "option not supported");
+                } else if !data.is_empty() {
                     self.error_reply(
                         option,
                         REP_ERR_INVALID,
@@ -757,6 +771,42 @@ mod tests {
     }
 
     #[test]
+    fn extended_headers_imply_structured_replies() {
+        let input = client(
+            FLAGS_BOTH,
+            &[
+                opt(OPT_EXTENDED_HEADERS, &[]),
+                opt(OPT_STRUCTURED_REPLY, &[]),
+                opt(OPT_EXTENDED_HEADERS, b"x"),
+                opt(OPT_SET_META_CONTEXT, &meta_data("disk", &[BASE_ALLOCATION])),
+                opt(OPT_GO, &info_data("disk", &[])),
+            ],
+        );
+        let (hs, r, out) = run(&input);
+        assert_eq!(r, Ok(input.len()));
+        let reps = parse_replies(&out);
+        assert_eq!(reps[0], (OPT_EXTENDED_HEADERS, REP_ACK, vec![]));
+        assert_eq!(reps[1].0, OPT_STRUCTURED_REPLY);
+        assert_eq!(reps[1].1, REP_ERR_EXT_HEADER_REQD);
+        assert_eq!(reps[2].1, REP_ERR_INVALID);
+        // Meta contexts work: structured replies are implied.
+        assert_eq!(reps[3].1, REP_META_CONTEXT);
+        let n = hs.negotiated().expect("in transmission");
+        assert!(n.extended_headers && n.structured_replies);
+        assert_eq!(n.base_allocation_context, Some(BASE_ALLOCATION_CONTEXT_ID));
+        assert_ne!(n.transmission_flags & FLAG_SEND_CACHE, 0);
+        // Without the option nothing changes.
+        let (hs, _, _) = run(&full_go_input());
+        assert!(!hs.negotiated().expect("done").extended_headers);
+        // A driver that does not speak them refuses the option.
+        let mut hs = Handshake::without_extended_headers();
+        let input = client(FLAGS_BOTH, &[opt(OPT_EXTENDED_HEADERS, &[])]);
+        assert_eq!(hs.feed(&input, &Catalog), Ok(input.len()));
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!(reps[0].1, REP_ERR_UNSUP);
+    }
+
+    #[test]
     fn go_with_structured_replies_and_base_allocation() {
         let input = full_go_input();
         let (hs, r, out) = run(&input);
@@ -775,13 +825,14 @@ mod tests {
             | FLAG_SEND_WRITE_ZEROES
             | FLAG_SEND_FAST_ZERO
             | FLAG_CAN_MULTI_CONN
+            | FLAG_SEND_CACHE
             | FLAG_SEND_DF;
         let mut export = INFO_EXPORT.to_be_bytes().to_vec();
         export.extend_from_slice(&(1u64 << 20).to_be_bytes());
         export.extend_from_slice(&flags.to_be_bytes());
         assert!(infos.iter().any(|r| r.2 == export), "{infos:?}");
         let mut bs = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-        for v in [512u32, 4096, 32 << 20] {
+        for v in [1u32, 4096, 64 << 20] {
             bs.extend_from_slice(&v.to_be_bytes());
         }
         assert!(infos.iter().any(|r| r.2 == bs));
@@ -800,6 +851,7 @@ mod tests {
                 size: 1 << 20,
                 read_only: false,
                 structured_replies: true,
+                extended_headers: false,
                 base_allocation_context: Some(BASE_ALLOCATION_CONTEXT_ID),
                 transmission_flags: flags,
             })
@@ -887,7 +939,6 @@ mod tests {
             &[
                 opt(99, b"whatever"),
                 opt(OPT_STARTTLS, &[]),
-                opt(OPT_EXTENDED_HEADERS, &[]),
                 opt(OPT_PEEK_EXPORT, &[]),
                 opt(OPT_EXPORT_NAME, b"disk"),
             ],
@@ -901,7 +952,6 @@ mod tests {
             vec![
                 (99, REP_ERR_UNSUP),
                 (OPT_STARTTLS, REP_ERR_UNSUP),
-                (OPT_EXTENDED_HEADERS, REP_ERR_UNSUP),
                 (OPT_PEEK_EXPORT, REP_ERR_UNSUP),
             ]
         );
@@ -982,7 +1032,11 @@ mod tests {
         let ro_flags = u16::from_be_bytes([ro_export.2[10], ro_export.2[11]]);
         assert_eq!(
             ro_flags,
-            FLAG_HAS_FLAGS | FLAG_READ_ONLY | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN
+            FLAG_HAS_FLAGS
+                | FLAG_READ_ONLY
+                | FLAG_SEND_FLUSH
+                | FLAG_CAN_MULTI_CONN
+                | FLAG_SEND_CACHE
         );
         // GO "" selects the default export and reports its canonical name.
         let mut name = INFO_NAME.to_be_bytes().to_vec();
@@ -1238,7 +1292,12 @@ mod tests {
         let ro = Catalog.lookup("ro").unwrap();
         assert_eq!(
             transmission_flags(&ro, true),
-            FLAG_HAS_FLAGS | FLAG_READ_ONLY | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN | FLAG_SEND_DF
+            FLAG_HAS_FLAGS
+                | FLAG_READ_ONLY
+                | FLAG_SEND_FLUSH
+                | FLAG_CAN_MULTI_CONN
+                | FLAG_SEND_CACHE
+                | FLAG_SEND_DF
         );
     }
 }

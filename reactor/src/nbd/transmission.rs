@@ -629,6 +629,7 @@ mod tests {
             size: SIZE,
             read_only,
             structured_replies: structured,
+            extended_headers: false,
             base_allocation_context: base_alloc.then_some(7),
             transmission_flags: transmission_flags(&info, structured),
         }
@@ -640,7 +641,12 @@ mod tests {
             cmd,
             flags,
             offset,
-            length,
+            length: length.into(),
+            payload: if cmd == Command::Write {
+                length.into()
+            } else {
+                0
+            },
         }
     }
 
@@ -671,7 +677,8 @@ mod tests {
                 cmd: Command::Write,
                 flags: CMD_FLAG_FUA,
                 offset: 4096,
-                length: 512
+                length: 512,
+                payload: 512,
             }
         );
         assert_eq!(r.payload_len(), 512);
@@ -694,22 +701,90 @@ mod tests {
     }
 
     #[test]
-    fn parse_request_oversized_write_is_fatal_but_oversized_read_is_not() {
-        let big = 64 << 20;
+    fn oversized_requests_parse_and_are_refused_with_eoverflow() {
+        // Parsing never refuses a length: the session discards an oversized
+        // payload and answers it.
+        let big = MAX_BLOCK_SIZE + 1;
+        let n = Negotiated {
+            size: 1 << 30,
+            ..neg(false, true, true)
+        };
+        for cmd in [CMD_WRITE, CMD_READ] {
+            let (r, _) = parse_request(&header(0, cmd, 1, 0, big)).unwrap().unwrap();
+            assert_eq!(validate(&r, &n), Err(Errno::Overflow));
+        }
+    }
+
+    #[test]
+    fn extended_header_fields() {
+        let mut h = EXTENDED_REQUEST_MAGIC.to_be_bytes().to_vec();
+        h.extend_from_slice(&CMD_FLAG_FUA.to_be_bytes());
+        h.extend_from_slice(&CMD_WRITE_ZEROES.to_be_bytes());
+        h.extend_from_slice(&7u64.to_be_bytes());
+        h.extend_from_slice(&(5u64 << 32).to_be_bytes());
+        h.extend_from_slice(&(6u64 << 32).to_be_bytes());
+        assert_eq!(parse_header(&h[..31], true), Ok(None));
+        let (r, used) = parse_header(&h, true).unwrap().unwrap();
+        assert_eq!(used, EXTENDED_REQUEST_HEADER_LEN);
         assert_eq!(
-            parse_request(&header(0, CMD_WRITE, 1, 0, big)),
-            Err(ProtocolError::PayloadTooLarge {
-                len: big,
-                max: MAX_BLOCK_SIZE
-            })
+            (
+                r.cmd,
+                r.flags,
+                r.handle,
+                r.offset,
+                r.length,
+                r.payload_len()
+            ),
+            (Command::WriteZeroes, CMD_FLAG_FUA, 7, 5 << 32, 6 << 32, 0)
         );
-        assert!(parse_request(&header(0, CMD_WRITE, 1, 0, MAX_BLOCK_SIZE))
-            .unwrap()
-            .is_some());
-        let (r, _) = parse_request(&header(0, CMD_READ, 1, 0, big))
-            .unwrap()
-            .unwrap();
-        assert_eq!(validate(&r, &neg(false, true, true)), Err(Errno::Inval));
+        // The compact magic is refused on an extended connection and vice versa.
+        assert!(parse_header(&header(0, CMD_READ, 1, 0, 1), true).is_err());
+        assert!(parse_header(&h, false).is_err());
+    }
+
+    #[test]
+    fn extended_replies_are_32_byte_chunks() {
+        let n = Negotiated {
+            extended_headers: true,
+            ..neg(false, true, true)
+        };
+        let r = req(Command::Write, 0, 4096, 512);
+        let ok = ok_reply(&r, &n);
+        assert_eq!(ok.len(), EXTENDED_REPLY_HEADER_LEN);
+        assert_eq!(&ok[0..4], &EXTENDED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(u16::from_be_bytes([ok[4], ok[5]]), REPLY_FLAG_DONE);
+        assert_eq!(u16::from_be_bytes([ok[6], ok[7]]), REPLY_TYPE_NONE);
+        assert_eq!(&ok[8..16], &r.handle.to_be_bytes());
+        assert_eq!(&ok[16..24], &4096u64.to_be_bytes());
+        assert_eq!(&ok[24..32], &0u64.to_be_bytes());
+        // Without extended headers a success is a 16-byte simple reply.
+        assert_eq!(ok_reply(&r, &neg(false, true, true)).len(), 16);
+        let d = read_data_header(&r, &n, 4096, 100, true);
+        assert_eq!(d.len(), EXTENDED_REPLY_HEADER_LEN + 8);
+        assert_eq!(&d[24..32], &108u64.to_be_bytes());
+        let hole = read_hole_chunk(&r, &n, 4096, 512, false);
+        assert_eq!(hole.len(), MAX_REPLY_HEADER_LEN);
+        let mut bs = Vec::new();
+        let e = StatusExtent {
+            length: 4096,
+            flags: STATE_HOLE,
+        };
+        let q = req(Command::BlockStatus, 0, 0, 4096);
+        encode_block_status_reply(&mut bs, &q, &n, 7, &[e]);
+        assert_eq!(
+            u16::from_be_bytes([bs[6], bs[7]]),
+            REPLY_TYPE_BLOCK_STATUS_EXT
+        );
+        let p = &bs[EXTENDED_REPLY_HEADER_LEN..];
+        assert_eq!(p.len(), 8 + 16);
+        assert_eq!(&p[0..8], &[0, 0, 0, 7, 0, 0, 0, 1]);
+        assert_eq!(&p[8..16], &4096u64.to_be_bytes());
+        assert_eq!(&p[16..24], &u64::from(STATE_HOLE).to_be_bytes());
+        let mut err = Vec::new();
+        encode_error_reply(&mut err, &r, &n, Errno::Io, "bad");
+        assert_eq!(&err[0..4], &EXTENDED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(&err[24..32], &9u64.to_be_bytes());
+        assert_eq!(&err[32..36], &5u32.to_be_bytes());
     }
 
     #[test]
@@ -745,18 +820,21 @@ mod tests {
             ("write zeroes past end", req(WriteZeroes, 0, SIZE, 512), &rw, Err(Errno::NoSpc)),
             ("trim past end", req(Trim, 0, SIZE, 512), &rw, Err(Errno::Inval)),
             ("block status past end", req(BlockStatus, 0, SIZE, 512), &rw_sr, Err(Errno::Inval)),
-            // alignment and zero length
-            ("misaligned read offset", req(Read, 0, 100, 512), &rw, Err(Errno::Inval)),
-            ("misaligned read length", req(Read, 0, 0, 1000), &rw, Err(Errno::Inval)),
-            ("misaligned write", req(Write, 0, 511, 512), &rw, Err(Errno::Inval)),
-            ("misaligned trim", req(Trim, 0, 0, 513), &rw, Err(Errno::Inval)),
-            ("misaligned block status", req(BlockStatus, 0, 1, 512), &rw_sr, Err(Errno::Inval)),
+            // any alignment (minimum block size 1) and zero length
+            ("unaligned read offset", req(Read, 0, 100, 512), &rw, Ok(())),
+            ("unaligned read length", req(Read, 0, 0, 1000), &rw, Ok(())),
+            ("unaligned write", req(Write, 0, 511, 512), &rw, Ok(())),
+            ("unaligned trim", req(Trim, 0, 0, 513), &rw, Ok(())),
+            ("unaligned block status", req(BlockStatus, 0, 1, 512), &rw_sr, Ok(())),
+            ("unaligned cache", req(Cache, 0, 3, 5), &rw, Ok(())),
             ("zero-length read", req(Read, 0, 0, 0), &rw, Err(Errno::Inval)),
             ("zero-length write", req(Write, 0, 0, 0), &rw, Err(Errno::Inval)),
             // size limits
-            ("read over 32 MiB", req(Read, 0, 0, max + 512), &big, Err(Errno::Inval)),
-            ("trim over 32 MiB", req(Trim, 0, 0, max + 512), &big, Ok(())),
-            ("write zeroes over 32 MiB", req(WriteZeroes, 0, 0, max + 512), &big, Ok(())),
+            ("read over 64 MiB", req(Read, 0, 0, max + 1), &big, Err(Errno::Overflow)),
+            ("write over 64 MiB", req(Write, 0, 0, max + 1), &big, Err(Errno::Overflow)),
+            ("trim over 64 MiB", req(Trim, 0, 0, max + 512), &big, Ok(())),
+            ("write zeroes over 64 MiB", req(WriteZeroes, 0, 0, max + 512), &big, Ok(())),
+            ("PAYLOAD_LEN without extended headers", req(Write, CMD_FLAG_PAYLOAD_LEN, 0, 512), &rw, Err(Errno::Inval)),
             // read-only
             ("write on ro", req(Write, 0, 0, 512), &ro, Err(Errno::Perm)),
             ("trim on ro", req(Trim, 0, 0, 512), &ro, Err(Errno::Perm)),
@@ -766,7 +844,8 @@ mod tests {
             ("FUA not advertised on ro", req(Read, CMD_FLAG_FUA, 0, 512), &ro, Err(Errno::Inval)),
             // unknown command / flags
             ("unknown command", req(Unknown(99), 0, 0, 512), &rw, Err(Errno::Inval)),
-            ("cache is not advertised", req(Unknown(CMD_CACHE), 0, 0, 512), &rw, Err(Errno::Inval)),
+            ("cache", req(Cache, 0, 0, 512), &rw, Ok(())),
+            ("cache past end", req(Cache, 0, SIZE, 1), &rw, Err(Errno::Inval)),
             ("unknown flag", req(Read, 1 << 9, 0, 512), &rw, Err(Errno::Inval)),
             ("DF without structured", req(Read, CMD_FLAG_DF, 0, 512), &rw, Err(Errno::Inval)),
             ("DF on write", req(Write, CMD_FLAG_DF, 0, 512), &rw_sr, Err(Errno::Inval)),

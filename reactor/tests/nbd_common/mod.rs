@@ -439,7 +439,7 @@ fn serve_inner<S: Read + Write>(s: &mut S, catalog: &Catalog) -> Result<ConnEnd,
     let mut buf: Vec<u8> = Vec::new();
 
     // --- handshake -------------------------------------------------------
-    let mut hs = Handshake::new();
+    let mut hs = Handshake::without_extended_headers();
     s.write_all(&hs.greeting())?;
     let neg: Negotiated = loop {
         let consumed = hs.feed(&buf, catalog)?;
@@ -471,7 +471,7 @@ fn serve_inner<S: Read + Write>(s: &mut S, catalog: &Catalog) -> Result<ConnEnd,
             }
             continue;
         };
-        let total = header_len + req.payload_len();
+        let total = header_len + req.payload_len() as usize;
         while buf.len() < total {
             if !read_more(s, &mut buf, &mut tmp)? {
                 return Ok(ConnEnd::Eof);
@@ -536,7 +536,8 @@ fn execute<S: Write>(
             export.write(offset, payload);
             encode_simple_reply(out, req.handle, None, &[]);
         }
-        NbdCmd::Flush => encode_simple_reply(out, req.handle, None, &[]),
+        // CACHE is a hint: nothing to prefetch in memory.
+        NbdCmd::Flush | NbdCmd::Cache => encode_simple_reply(out, req.handle, None, &[]),
         NbdCmd::Trim => {
             export.trim(offset, len);
             encode_simple_reply(out, req.handle, None, &[]);
