@@ -436,14 +436,14 @@ impl Drop for ConnShared {
 // ---------------------------------------------------------------------------
 
 /// Serve one accepted connection to completion. `on_negotiated` is told the
-/// export's canonical name as soon as the handshake selected it (before the
-/// final option reply goes out).
+/// negotiation (export, extended headers, ...) as soon as the handshake
+/// selected an export (before the final option reply goes out).
 pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
     ctl: Rc<ConnCtl>,
     provider: Arc<P>,
     cfg: &ServerConfig,
     budget: Arc<MemoryBudget>,
-    on_negotiated: impl FnOnce(&str),
+    on_negotiated: impl FnOnce(&Negotiated),
 ) -> ConnEnd {
     let (neg, leftover) = match handshake(&ctl, &*provider, on_negotiated).await {
         Ok(x) => x,
@@ -483,7 +483,7 @@ pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
 async fn handshake<P: ExportProvider + ?Sized>(
     ctl: &ConnCtl,
     provider: &P,
-    on_negotiated: impl FnOnce(&str),
+    on_negotiated: impl FnOnce(&Negotiated),
 ) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
     let r = handshake_inner(ctl, provider, on_negotiated).await;
     ctl.handshake_deadline.set(None);
@@ -496,7 +496,7 @@ async fn handshake<P: ExportProvider + ?Sized>(
 async fn handshake_inner<P: ExportProvider + ?Sized>(
     ctl: &ConnCtl,
     provider: &P,
-    on_negotiated: impl FnOnce(&str),
+    on_negotiated: impl FnOnce(&Negotiated),
 ) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
     let mut on_negotiated = Some(on_negotiated);
     let mut hs = Handshake::new();
@@ -511,7 +511,7 @@ async fn handshake_inner<P: ExportProvider + ?Sized>(
         // the final reply (so counts are exact once a client is connected).
         if let HandshakeState::Done(n) = hs.state() {
             if let Some(f) = on_negotiated.take() {
-                f(&n.export_name);
+                f(n);
             }
         }
         if hs.has_output() {

@@ -154,6 +154,8 @@ struct ConnTable {
     conns: HashMap<u64, ConnRecord>,
     ends: VecDeque<ConnEnd>,
     total: u64,
+    /// Connections so far that negotiated extended headers.
+    extended_total: u64,
 }
 
 /// The thread-safe part of a server, shared with every reactor.
@@ -353,6 +355,12 @@ impl NbdServer {
     /// are charged to (for monitoring and tests).
     pub fn memory_budget(&self) -> &MemoryBudget {
         &self.core.budget
+    }
+
+    /// Connections so far (ended ones included) that negotiated extended
+    /// headers.
+    pub fn extended_header_connections(&self) -> u64 {
+        self.core.reg().extended_total
     }
 
     /// Live connections (including ones still negotiating).
@@ -647,8 +655,11 @@ fn start_connection<P: ExportProvider>(
     spawn_local(async move {
         let guard = guard;
         let core = &guard.core;
-        let end = run_connection(ctl, provider, &core.config, core.budget.clone(), |name| {
-            core.set_export(id, name)
+        let end = run_connection(ctl, provider, &core.config, core.budget.clone(), |neg| {
+            core.set_export(id, &neg.export_name);
+            if neg.extended_headers {
+                core.reg().extended_total += 1;
+            }
         })
         .await;
         core.record_end(end);
