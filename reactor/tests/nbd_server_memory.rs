@@ -91,20 +91,30 @@ fn non_reading_clients_stay_within_the_memory_budget() {
     );
     assert!(grown <= bound, "RSS grew {grown} bytes, bound {bound}");
 
-    // Clients that read again get every reply, and the budget drains.
-    for c in clients.iter_mut() {
-        let mut handles = Vec::new();
-        for _ in 0..READS {
-            match c.reply().unwrap() {
-                nbd_common::Reply::Simple { handle, error: 0 } => {
-                    handles.push(handle);
-                    c.read_data(READ_LEN as usize).unwrap();
+    // Clients that read again get every reply, and the budget drains. They
+    // read concurrently: a client's later requests wait for budget that
+    // the others' unread replies hold.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut c| {
+            std::thread::spawn(move || {
+                let mut handles = Vec::new();
+                for _ in 0..READS {
+                    match c.reply().unwrap() {
+                        nbd_common::Reply::Simple { handle, error: 0 } => {
+                            handles.push(handle);
+                            c.read_data(READ_LEN as usize).unwrap();
+                        }
+                        other => panic!("{other:?}"),
+                    }
                 }
-                other => panic!("{other:?}"),
-            }
-        }
-        handles.sort_unstable();
-        assert_eq!(handles, (0..u64::from(READS)).collect::<Vec<_>>());
+                handles.sort_unstable();
+                handles
+            })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), (0..u64::from(READS)).collect::<Vec<_>>());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while budget.in_use() > 0 {
