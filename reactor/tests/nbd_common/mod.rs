@@ -504,7 +504,7 @@ fn execute<S: Write>(
     export: &MemExport,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let (offset, len) = (req.offset, u64::from(req.length));
+    let (offset, len) = (req.offset, req.length);
     match req.cmd {
         NbdCmd::Read if !neg.structured_replies => {
             // Header and data as separate writes: the shape a zero-copy
