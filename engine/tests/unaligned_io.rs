@@ -29,7 +29,7 @@ fn unaligned_reads_and_writes_match_a_model() {
             .run_until(pool.create_volume("v", size, chunk, comp))
             .unwrap();
         let mut model = vec![0u8; size as usize];
-        let mut rng = SmallRng::seed_from_u64(chunk as u64);
+        let mut rng = SmallRng::seed_from_u64(chunk);
         for i in 0..300u32 {
             let len = rng.gen_range(1..=3 * chunk as usize);
             let off = rng.gen_range(0..=size as usize - len);
