@@ -162,7 +162,7 @@ fn oversized_requests_are_refused_after_their_payload_and_the_connection_goes_on
         assert_eq!(c.read_at(4, 5, 64 << 20).unwrap(), data);
     }
     assert!(
-        !f.store("disk").read(0, 5).iter().any(|&b| b == 0xee),
+        !f.store("disk").read(0, 5).contains(&0xee),
         "the refused write landed"
     );
     f.assert_reactors_alive();
