@@ -9,7 +9,7 @@
 
 use crate::iostat::{self, OpKind};
 use crate::nbd::{
-    BackendError, Errno, ExportBackend, Extent, ReadSeg, ReadSegs, STATE_HOLE, STATE_ZERO,
+    BackendError, Errno, ExportBackend, ReadSeg, ReadSegs, StatusExtent, STATE_HOLE, STATE_ZERO,
 };
 use crate::pool_host::PoolHost;
 use sluice_engine::volume::VolInfo;
@@ -150,7 +150,7 @@ impl ExportBackend for VolumeBackend {
         self.done(OpKind::Trim, len as u64, t, r, Errno::NoSpc)
     }
 
-    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, BackendError> {
+    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<StatusExtent>, BackendError> {
         let runs = self
             .host
             .block_status(&self.vol, offset, len)
@@ -158,7 +158,7 @@ impl ExportBackend for VolumeBackend {
             .map_err(to_backend)?;
         Ok(runs
             .into_iter()
-            .map(|(_, l, mapped)| Extent {
+            .map(|(_, l, mapped)| StatusExtent {
                 length: l as u32,
                 flags: if mapped { 0 } else { STATE_HOLE | STATE_ZERO },
             })

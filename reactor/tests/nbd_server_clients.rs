@@ -414,7 +414,7 @@ def server_error(f):
         assert "command failed" in e.string, e.string
         return e.errno
     raise AssertionError("no error")
-assert server_error(lambda: h.pread(512, 100)) == "EINVAL"
+assert server_error(lambda: h.pread(512, (4 << 20) - 100)) == "EINVAL"
 assert server_error(lambda: h.pwrite(b"x" * 1024, (4 << 20) - 512)) == "ENOSPC"
 assert server_error(lambda: h.trim(4096, 4 << 20)) == "EINVAL"
 assert h.pread(512, 0) == b"\xab" * 512

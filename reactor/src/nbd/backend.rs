@@ -20,7 +20,7 @@ use sluice_engine::AlignedBuf;
 
 use super::handshake::{ExportCatalog, ExportInfo};
 use super::proto::Errno;
-use super::transmission::Extent;
+use super::transmission::StatusExtent;
 
 /// Why a backend operation failed: the errno the client gets, and a message
 /// that goes into the structured error chunk (when structured replies are
@@ -121,7 +121,7 @@ pub trait ExportBackend {
     /// `base:allocation` extents (flags `STATE_HOLE | STATE_ZERO`) from
     /// `offset` on, covering up to `len` bytes (fewer is fine: the client
     /// asks again; more than `len` in the last extent is fine too).
-    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, BackendError>;
+    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<StatusExtent>, BackendError>;
 }
 
 /// The export table, shared by all reactors, and the factory of per-reactor

@@ -54,12 +54,15 @@ use sluice_engine::AlignedBuf;
 use super::backend::{
     BackendError, ExportBackend, ExportProvider, ProviderCatalog, ReadSeg, ReadSegs,
 };
+use super::budget::MemoryBudget;
 use super::handshake::{Handshake, HandshakeState, Negotiated, BASE_ALLOCATION_CONTEXT_ID};
+use super::io_error_log;
 use super::proto::*;
 use super::server::ServerConfig;
+use super::session::{Action, Session};
 use super::transmission::{
-    encode_block_status, encode_chunk_header, encode_error_reply, encode_offset_data_header,
-    encode_simple_reply_header, parse_request, validate, Request,
+    encode_block_status_reply, encode_error_reply, ok_reply, read_data_header, read_hole_chunk,
+    Request, MAX_REPLY_HEADER_LEN,
 };
 use crate::executor::spawn_local;
 use crate::net::UringStream;
@@ -74,8 +77,12 @@ const HANDSHAKE_RECV: usize = 16 * 1024;
 /// Capacity of the writer's batch buffer.
 const BATCH_CAP: usize = 64 * 1024;
 /// Reply headers up to this size are stored inline (no allocation): simple
-/// reply 16, OFFSET_DATA header 28, OFFSET_HOLE chunk 32.
-const INLINE_HDR: usize = 40;
+/// reply 16, OFFSET_DATA header 28 (extended 40), OFFSET_HOLE chunk 32
+/// (extended 44).
+const INLINE_HDR: usize = MAX_REPLY_HEADER_LEN;
+/// TRIM and WRITE_ZEROES lengths (64-bit with extended headers) go to the
+/// backend in pieces of at most this many bytes.
+const ZERO_PIECE: u64 = 1 << 30;
 
 /// How a connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,7 +329,6 @@ impl Out {
 
 /// State shared by the reader, the request workers and the writer of one
 /// connection.
-#[derive(Default)]
 struct ConnShared {
     queue: RefCell<VecDeque<Out>>,
     writer_wake: Notify,
@@ -339,6 +345,10 @@ struct ConnShared {
     inflight_bytes: Cell<usize>,
     /// The request workers.
     workers: WorkerPool<Job>,
+    /// The server-wide budget the bytes in `inflight_bytes` are charged to.
+    budget: Arc<MemoryBudget>,
+    /// The export's name, for log lines.
+    export: String,
 }
 
 /// An admitted request waiting for a worker.
@@ -371,6 +381,21 @@ async fn worker<B: ExportBackend>(
 }
 
 impl ConnShared {
+    fn new(budget: Arc<MemoryBudget>, export: String) -> ConnShared {
+        ConnShared {
+            queue: RefCell::default(),
+            writer_wake: Notify::default(),
+            reader_wake: Notify::default(),
+            closing: Cell::new(false),
+            dead: Cell::new(false),
+            inflight: Cell::new(0),
+            inflight_bytes: Cell::new(0),
+            workers: WorkerPool::default(),
+            budget,
+            export,
+        }
+    }
+
     fn push(&self, out: Out) {
         if self.dead.get() {
             if let Some(cost) = out.fin {
@@ -393,7 +418,16 @@ impl ConnShared {
         self.inflight.set(self.inflight.get().saturating_sub(1));
         self.inflight_bytes
             .set(self.inflight_bytes.get().saturating_sub(cost));
+        self.budget.release(cost);
         self.reader_wake.notify();
+    }
+}
+
+impl Drop for ConnShared {
+    /// A connection torn down with requests still counted (its reactor
+    /// stopped under it) gives their bytes back to the shared budget.
+    fn drop(&mut self) {
+        self.budget.release(self.inflight_bytes.get());
     }
 }
 
@@ -402,13 +436,14 @@ impl ConnShared {
 // ---------------------------------------------------------------------------
 
 /// Serve one accepted connection to completion. `on_negotiated` is told the
-/// export's canonical name as soon as the handshake selected it (before the
-/// final option reply goes out).
+/// negotiation (export, extended headers, ...) as soon as the handshake
+/// selected an export (before the final option reply goes out).
 pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
     ctl: Rc<ConnCtl>,
     provider: Arc<P>,
     cfg: &ServerConfig,
-    on_negotiated: impl FnOnce(&str),
+    budget: Arc<MemoryBudget>,
+    on_negotiated: impl FnOnce(&Negotiated),
 ) -> ConnEnd {
     let (neg, leftover) = match handshake(&ctl, &*provider, on_negotiated).await {
         Ok(x) => x,
@@ -422,7 +457,7 @@ pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
     let mut neg = neg;
     neg.read_only |= backend.read_only();
     neg.size = neg.size.min(backend.size());
-    let sh = Rc::new(ConnShared::default());
+    let sh = Rc::new(ConnShared::new(budget, neg.export_name.clone()));
     let writer = spawn_local(write_replies(
         ctl.clone(),
         sh.clone(),
@@ -448,7 +483,7 @@ pub(crate) async fn run_connection<P: ExportProvider + ?Sized>(
 async fn handshake<P: ExportProvider + ?Sized>(
     ctl: &ConnCtl,
     provider: &P,
-    on_negotiated: impl FnOnce(&str),
+    on_negotiated: impl FnOnce(&Negotiated),
 ) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
     let r = handshake_inner(ctl, provider, on_negotiated).await;
     ctl.handshake_deadline.set(None);
@@ -461,7 +496,7 @@ async fn handshake<P: ExportProvider + ?Sized>(
 async fn handshake_inner<P: ExportProvider + ?Sized>(
     ctl: &ConnCtl,
     provider: &P,
-    on_negotiated: impl FnOnce(&str),
+    on_negotiated: impl FnOnce(&Negotiated),
 ) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
     let mut on_negotiated = Some(on_negotiated);
     let mut hs = Handshake::new();
@@ -476,7 +511,7 @@ async fn handshake_inner<P: ExportProvider + ?Sized>(
         // the final reply (so counts are exact once a client is connected).
         if let HandshakeState::Done(n) = hs.state() {
             if let Some(f) = on_negotiated.take() {
-                f(&n.export_name);
+                f(n);
             }
         }
         if hs.has_output() {
@@ -591,14 +626,15 @@ impl Rx {
         }
     }
 
-    /// The next request header.
-    async fn next_header(&mut self, ctl: &ConnCtl) -> Result<Request, RxStop> {
+    /// The next request header, judged by the session.
+    async fn next_action(&mut self, ctl: &ConnCtl, session: &Session) -> Result<Action, RxStop> {
+        let hlen = session.header_len();
         loop {
             if self.carry.is_empty() {
-                match parse_request(self.avail()).map_err(RxStop::Protocol)? {
-                    Some((req, n)) => {
+                match session.next(self.avail()).map_err(RxStop::Protocol)? {
+                    Some((action, n)) => {
                         self.pos += n;
-                        return Ok(req);
+                        return Ok(action);
                     }
                     None => {
                         let rest = self.avail().to_vec();
@@ -607,15 +643,15 @@ impl Rx {
                     }
                 }
             } else {
-                let take = (REQUEST_HEADER_LEN - self.carry.len()).min(self.end - self.pos);
+                let take = (hlen - self.carry.len()).min(self.end - self.pos);
                 let (pos, carry) = (self.pos, &mut self.carry);
                 if let Some(b) = &self.buf {
                     carry.extend_from_slice(&b[pos..pos + take]);
                 }
                 self.pos += take;
-                if let Some((req, _)) = parse_request(&self.carry).map_err(RxStop::Protocol)? {
+                if let Some((action, _)) = session.next(&self.carry).map_err(RxStop::Protocol)? {
                     self.carry.clear();
-                    return Ok(req);
+                    return Ok(action);
                 }
             }
             match self.fill(ctl).await {
@@ -659,10 +695,11 @@ impl Rx {
     }
 
     /// Consume and discard `len` bytes (the payload of a rejected WRITE).
-    async fn skip(&mut self, ctl: &ConnCtl, mut len: usize) -> Result<(), RxStop> {
+    /// Bounded memory: the receive buffer is reused for every piece.
+    async fn skip(&mut self, ctl: &ConnCtl, mut len: u64) -> Result<(), RxStop> {
         loop {
-            let take = len.min(self.end - self.pos);
-            self.pos += take;
+            let take = len.min((self.end - self.pos) as u64);
+            self.pos += take as usize;
             len -= take;
             if len == 0 {
                 return Ok(());
@@ -675,14 +712,6 @@ impl Rx {
     }
 }
 
-/// Bytes of buffer memory a request pins while in flight.
-fn request_cost(req: &Request) -> usize {
-    match req.cmd {
-        Command::Read | Command::Write => req.length as usize,
-        _ => 0,
-    }
-}
-
 async fn read_requests<B: ExportBackend + 'static>(
     ctl: &ConnCtl,
     sh: &Rc<ConnShared>,
@@ -691,6 +720,7 @@ async fn read_requests<B: ExportBackend + 'static>(
     leftover: Vec<u8>,
     cfg: &ServerConfig,
 ) -> ConnEnd {
+    let session = Session::new((*neg).clone());
     let mut rx = Rx::new(cfg.recv_buffer, &leftover);
     drop(leftover);
     let max_requests = cfg.max_requests.max(1);
@@ -710,19 +740,19 @@ async fn read_requests<B: ExportBackend + 'static>(
         if ctl.killed.is_set() || sh.dead.get() {
             return ConnEnd::Killed;
         }
-        let req = match rx.next_header(ctl).await {
-            Ok(r) => r,
+        let action = match rx.next_action(ctl, &session).await {
+            Ok(a) => a,
             Err(e) => return e.into(),
         };
-        if req.cmd == Command::Disc {
-            return ConnEnd::Disconnect;
-        }
-        match validate(&req, &neg) {
-            Err(errno) => {
-                if req.payload_len() > 0 {
-                    if let Err(e) = rx.skip(ctl, req.payload_len()).await {
-                        return e.into();
-                    }
+        match action {
+            Action::Disconnect => return ConnEnd::Disconnect,
+            Action::Refuse {
+                req,
+                errno,
+                discard,
+            } => {
+                if let Err(e) = rx.skip(ctl, discard).await {
+                    return e.into();
                 }
                 let msg = format!(
                     "request {:?} at offset {} length {} rejected",
@@ -735,20 +765,33 @@ async fn read_requests<B: ExportBackend + 'static>(
                 sh.admit(0);
                 sh.push(Out::owned(v).fin(0));
             }
-            Ok(()) => {
+            Action::Answer(req) => {
+                sh.admit(0);
+                sh.push(Out::bytes(&ok_reply(&req, &neg)).fin(0));
+            }
+            Action::Serve(req) => {
+                // Wait for room in the server-wide budget before reading the
+                // payload or starting the read: a connection that cannot
+                // get it stops reading from its socket.
+                let Some(cost) = unless(&ctl.killed, sh.budget.acquire(Session::cost(&req))).await
+                else {
+                    return ConnEnd::Killed;
+                };
                 let payload = if req.payload_len() > 0 {
-                    match rx.payload(ctl, req.payload_len()).await {
+                    match rx.payload(ctl, req.payload_len() as usize).await {
                         Ok(p) => Some(p),
-                        Err(e) => return e.into(),
+                        Err(e) => {
+                            sh.budget.release(cost);
+                            return e.into();
+                        }
                     }
                 } else {
                     None
                 };
-                let cost = request_cost(&req);
                 sh.admit(cost);
                 let job = Job { req, payload, cost };
                 if let Some(i) = sh.workers.dispatch(job) {
-                    let bs_max = cfg.block_status_max.max(MIN_BLOCK_SIZE);
+                    let bs_max = cfg.block_status_max.max(4096);
                     let w = worker(i, sh.clone(), backend.clone(), neg.clone(), bs_max);
                     spawn_local(w).detach();
                 }
@@ -762,13 +805,32 @@ async fn read_requests<B: ExportBackend + 'static>(
 // ---------------------------------------------------------------------------
 
 fn push_error(sh: &ConnShared, req: &Request, neg: &Negotiated, e: &BackendError, cost: usize) {
+    io_error_log::returned(&sh.export, req.cmd, req.offset, req.length, e);
     let mut v = Vec::new();
     encode_error_reply(&mut v, req, neg, e.errno, &e.message);
     sh.push(Out::owned(v).fin(cost));
 }
 
-fn push_ok(sh: &ConnShared, req: &Request, cost: usize) {
-    sh.push(Out::bytes(&encode_simple_reply_header(req.handle, None)).fin(cost));
+fn push_ok(sh: &ConnShared, req: &Request, neg: &Negotiated, cost: usize) {
+    sh.push(Out::bytes(&ok_reply(req, neg)).fin(cost));
+}
+
+/// Run `f` over `[offset, offset + len)` in pieces of at most
+/// [`ZERO_PIECE`] bytes (extended headers allow 64-bit lengths; the
+/// backend takes 32-bit ones), stopping at the first error.
+async fn in_pieces<F, Fut>(offset: u64, len: u64, mut f: F) -> Result<(), BackendError>
+where
+    F: FnMut(u64, u32) -> Fut,
+    Fut: Future<Output = Result<(), BackendError>>,
+{
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let n = (end - at).min(ZERO_PIECE);
+        f(at, n as u32).await?;
+        at += n;
+    }
+    Ok(())
 }
 
 /// Run one validated request against the backend and queue its reply
@@ -785,7 +847,8 @@ async fn execute<B: ExportBackend>(
     let fua = req.has_flag(CMD_FLAG_FUA);
     let (off, len) = (req.offset, req.length);
     let r = match req.cmd {
-        Command::Read => match backend.read(off, len).await {
+        // Validated: READ/WRITE lengths are at most MAX_BLOCK_SIZE.
+        Command::Read => match backend.read(off, len as u32).await {
             Ok(segs) => match check_segments(req, &segs) {
                 Ok(()) => {
                     push_read(sh, req, neg, segs, cost);
@@ -800,41 +863,41 @@ async fn execute<B: ExportBackend>(
             backend.write(off, data, fua).await
         }
         Command::Flush => backend.flush().await,
-        Command::Trim => match backend.trim(off, len).await {
+        Command::Trim => match in_pieces(off, len, |o, l| backend.trim(o, l)).await {
             Ok(()) if fua => backend.flush().await,
             r => r,
         },
         Command::WriteZeroes => {
             let may_trim = !req.has_flag(CMD_FLAG_NO_HOLE);
-            match backend.write_zeroes(off, len, may_trim).await {
+            match in_pieces(off, len, |o, l| backend.write_zeroes(o, l, may_trim)).await {
                 Ok(()) if fua => backend.flush().await,
                 r => r,
             }
         }
         Command::BlockStatus => {
             // Large ranges are answered in parts: the client asks again.
-            let ask = len.min(block_status_max);
+            let ask = len.min(u64::from(block_status_max)) as u32;
             match backend.block_status(off, ask).await {
                 Ok(extents) => {
                     let ctx = neg
                         .base_allocation_context
                         .unwrap_or(BASE_ALLOCATION_CONTEXT_ID);
                     let mut v = Vec::new();
-                    encode_block_status(&mut v, req, ctx, &extents);
+                    encode_block_status_reply(&mut v, req, neg, ctx, &extents);
                     sh.push(Out::owned(v).fin(cost));
                     return;
                 }
                 Err(e) => Err(e),
             }
         }
-        // validate() rejects these before they get here.
-        Command::Disc | Command::Unknown(_) => Err(BackendError::new(
+        // The session answers CACHE itself and never serves the rest.
+        Command::Cache | Command::Disc | Command::Unknown(_) => Err(BackendError::new(
             Errno::Inval,
             format!("unsupported command {:?}", req.cmd),
         )),
     };
     match r {
-        Ok(()) => push_ok(sh, req, cost),
+        Ok(()) => push_ok(sh, req, neg, cost),
         Err(e) => push_error(sh, req, neg, &e, cost),
     }
 }
@@ -855,12 +918,12 @@ fn check_segments(req: &Request, segs: &[ReadSeg]) -> Result<(), BackendError> {
         }
         at += s.len();
     }
-    if at != req.offset + u64::from(req.length) {
+    if at != req.offset + req.length {
         return Err(BackendError::new(
             Errno::Io,
             format!(
                 "backend read pieces end at {at}, request ends at {}",
-                req.offset + u64::from(req.length)
+                req.offset + req.length
             ),
         ));
     }
@@ -877,21 +940,11 @@ fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: ReadSegs, c
             let done = i + 1 == n;
             match seg {
                 ReadSeg::Data { offset, buf } => {
-                    let h = encode_offset_data_header(req.handle, offset, buf.len() as u32, done);
+                    let h = read_data_header(req, neg, offset, buf.len() as u64, done);
                     sh.push(last(Out::with_data(&h, buf), done));
                 }
                 ReadSeg::Hole { offset, len } => {
-                    let flags = if done { REPLY_FLAG_DONE } else { 0 };
-                    let mut h = [0u8; STRUCTURED_REPLY_HEADER_LEN + 12];
-                    h[..STRUCTURED_REPLY_HEADER_LEN].copy_from_slice(&encode_chunk_header(
-                        flags,
-                        REPLY_TYPE_OFFSET_HOLE,
-                        req.handle,
-                        12,
-                    ));
-                    h[STRUCTURED_REPLY_HEADER_LEN..STRUCTURED_REPLY_HEADER_LEN + 8]
-                        .copy_from_slice(&offset.to_be_bytes());
-                    h[STRUCTURED_REPLY_HEADER_LEN + 8..].copy_from_slice(&len.to_be_bytes());
+                    let h = read_hole_chunk(req, neg, offset, len, done);
                     sh.push(last(Out::bytes(&h), done));
                 }
             }
@@ -899,13 +952,8 @@ fn push_read(sh: &ConnShared, req: &Request, neg: &Negotiated, segs: ReadSegs, c
         return;
     }
     let data = contiguous(req, segs);
-    if neg.structured_replies {
-        let h = encode_offset_data_header(req.handle, req.offset, req.length, true);
-        sh.push(Out::with_data(&h, data).fin(cost));
-    } else {
-        let h = encode_simple_reply_header(req.handle, None);
-        sh.push(Out::with_data(&h, data).fin(cost));
-    }
+    let h = read_data_header(req, neg, req.offset, req.length, true);
+    sh.push(Out::with_data(&h, data).fin(cost));
 }
 
 /// The pieces as one buffer (holes as zeroes); no copy for a single data

@@ -18,9 +18,10 @@
 //! buffer more than `OPTION_HEADER_LEN + MAX_OPTION_LEN` bytes.
 //!
 //! Supported options: `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`,
-//! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the only
-//! context is `base:allocation`). Everything else, including `STARTTLS`
-//! (we run in NOTLS mode) and `EXTENDED_HEADERS`, gets `NBD_REP_ERR_UNSUP`.
+//! `STRUCTURED_REPLY`, `EXTENDED_HEADERS` (which implies structured
+//! replies), `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the only context
+//! is `base:allocation`). Everything else, including `STARTTLS` (we run in
+//! NOTLS mode), gets `NBD_REP_ERR_UNSUP`.
 
 use super::proto::*;
 
@@ -61,9 +62,10 @@ pub const BASE_ALLOCATION_CONTEXT_ID: u32 = 1;
 /// Read-only exports get READ_ONLY and lose every write-type flag (FUA,
 /// TRIM, WRITE_ZEROES, FAST_ZERO) but keep FLUSH, which is harmless.
 /// SEND_DF is set only when structured replies were negotiated, as the spec
-/// requires.
+/// requires. SEND_CACHE is always set: CACHE is validated and answered
+/// without touching storage (see `session`).
 pub fn transmission_flags(info: &ExportInfo, structured_replies: bool) -> u16 {
-    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN;
+    let mut flags = FLAG_HAS_FLAGS | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN | FLAG_SEND_CACHE;
     if info.read_only {
         flags |= FLAG_READ_ONLY;
     } else {
@@ -85,6 +87,10 @@ pub struct Negotiated {
     /// `NBD_OPT_STRUCTURED_REPLY` was acknowledged: READ and BLOCK_STATUS
     /// replies must be structured.
     pub structured_replies: bool,
+    /// `NBD_OPT_EXTENDED_HEADERS` was acknowledged: requests carry 32-byte
+    /// headers with 64-bit lengths and every reply is an extended chunk.
+    /// Implies `structured_replies`.
+    pub extended_headers: bool,
     /// Context id for `base:allocation` if the client selected it for this
     /// very export; `None` means BLOCK_STATUS gets `EINVAL`.
     pub base_allocation_context: Option<u32>,
@@ -130,6 +136,9 @@ pub struct Handshake {
     state: HandshakeState,
     no_zeroes: bool,
     structured: bool,
+    extended: bool,
+    /// Whether `NBD_OPT_EXTENDED_HEADERS` is offered at all.
+    allow_extended: bool,
     meta: Option<MetaSelection>,
     out: Vec<u8>,
 }
@@ -146,8 +155,19 @@ impl Handshake {
             state: HandshakeState::AwaitingClientFlags,
             no_zeroes: false,
             structured: false,
+            extended: false,
+            allow_extended: true,
             meta: None,
             out: Vec::new(),
+        }
+    }
+
+    /// A handshake that answers `NBD_OPT_EXTENDED_HEADERS` with
+    /// `NBD_REP_ERR_UNSUP`, for drivers that only speak compact headers.
+    pub fn without_extended_headers() -> Self {
+        Handshake {
+            allow_extended: false,
+            ..Self::new()
         }
     }
 
@@ -304,7 +324,34 @@ impl Handshake {
                         REP_ERR_INVALID,
                         "NBD_OPT_STRUCTURED_REPLY takes no data",
                     );
+                } else if self.extended {
+                    self.error_reply(
+                        option,
+                        REP_ERR_EXT_HEADER_REQD,
+                        "extended headers are already negotiated",
+                    );
                 } else {
+                    self.structured = true;
+                    self.reply(option, REP_ACK, &[]);
+                }
+            }
+            OPT_EXTENDED_HEADERS => {
+                if !self.allow_extended {
+                    self.error_reply(option, REP_ERR_UNSUP, "option not supported");
+                } else if !data.is_empty() {
+                    self.error_reply(
+                        option,
+                        REP_ERR_INVALID,
+                        "NBD_OPT_EXTENDED_HEADERS takes no data",
+                    );
+                } else if self.extended {
+                    self.error_reply(
+                        option,
+                        REP_ERR_INVALID,
+                        "extended headers are already negotiated",
+                    );
+                } else {
+                    self.extended = true;
                     self.structured = true;
                     self.reply(option, REP_ACK, &[]);
                 }
@@ -367,9 +414,10 @@ impl Handshake {
         export.extend_from_slice(&negotiated.transmission_flags.to_be_bytes());
         self.reply(option, REP_INFO, &export);
 
-        // Always advertised (the spec allows unrequested info): clients that
-        // asked for it are then bound by it, and we enforce it for everyone
-        // with clean EINVAL replies.
+        // Always advertised (the spec allows unrequested info). We enforce
+        // exactly this for every client, whether it asked or not: any
+        // alignment (minimum 1), READ/WRITE payloads up to the maximum
+        // (larger ones get EOVERFLOW after their payload is consumed).
         let mut bs = Vec::with_capacity(14);
         bs.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
         bs.extend_from_slice(&MIN_BLOCK_SIZE.to_be_bytes());
@@ -466,6 +514,7 @@ impl Handshake {
             size: info.size,
             read_only: info.read_only,
             structured_replies: self.structured,
+            extended_headers: self.extended,
             base_allocation_context,
             transmission_flags: transmission_flags(info, self.structured),
         }
@@ -722,6 +771,42 @@ mod tests {
     }
 
     #[test]
+    fn extended_headers_imply_structured_replies() {
+        let input = client(
+            FLAGS_BOTH,
+            &[
+                opt(OPT_EXTENDED_HEADERS, &[]),
+                opt(OPT_STRUCTURED_REPLY, &[]),
+                opt(OPT_EXTENDED_HEADERS, b"x"),
+                opt(OPT_SET_META_CONTEXT, &meta_data("disk", &[BASE_ALLOCATION])),
+                opt(OPT_GO, &info_data("disk", &[])),
+            ],
+        );
+        let (hs, r, out) = run(&input);
+        assert_eq!(r, Ok(input.len()));
+        let reps = parse_replies(&out);
+        assert_eq!(reps[0], (OPT_EXTENDED_HEADERS, REP_ACK, vec![]));
+        assert_eq!(reps[1].0, OPT_STRUCTURED_REPLY);
+        assert_eq!(reps[1].1, REP_ERR_EXT_HEADER_REQD);
+        assert_eq!(reps[2].1, REP_ERR_INVALID);
+        // Meta contexts work: structured replies are implied.
+        assert_eq!(reps[3].1, REP_META_CONTEXT);
+        let n = hs.negotiated().expect("in transmission");
+        assert!(n.extended_headers && n.structured_replies);
+        assert_eq!(n.base_allocation_context, Some(BASE_ALLOCATION_CONTEXT_ID));
+        assert_ne!(n.transmission_flags & FLAG_SEND_CACHE, 0);
+        // Without the option nothing changes.
+        let (hs, _, _) = run(&full_go_input());
+        assert!(!hs.negotiated().expect("done").extended_headers);
+        // A driver that does not speak them refuses the option.
+        let mut hs = Handshake::without_extended_headers();
+        let input = client(FLAGS_BOTH, &[opt(OPT_EXTENDED_HEADERS, &[])]);
+        assert_eq!(hs.feed(&input, &Catalog), Ok(input.len()));
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!(reps[0].1, REP_ERR_UNSUP);
+    }
+
+    #[test]
     fn go_with_structured_replies_and_base_allocation() {
         let input = full_go_input();
         let (hs, r, out) = run(&input);
@@ -740,13 +825,14 @@ mod tests {
             | FLAG_SEND_WRITE_ZEROES
             | FLAG_SEND_FAST_ZERO
             | FLAG_CAN_MULTI_CONN
+            | FLAG_SEND_CACHE
             | FLAG_SEND_DF;
         let mut export = INFO_EXPORT.to_be_bytes().to_vec();
         export.extend_from_slice(&(1u64 << 20).to_be_bytes());
         export.extend_from_slice(&flags.to_be_bytes());
         assert!(infos.iter().any(|r| r.2 == export), "{infos:?}");
         let mut bs = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-        for v in [512u32, 4096, 32 << 20] {
+        for v in [1u32, 4096, 64 << 20] {
             bs.extend_from_slice(&v.to_be_bytes());
         }
         assert!(infos.iter().any(|r| r.2 == bs));
@@ -765,6 +851,7 @@ mod tests {
                 size: 1 << 20,
                 read_only: false,
                 structured_replies: true,
+                extended_headers: false,
                 base_allocation_context: Some(BASE_ALLOCATION_CONTEXT_ID),
                 transmission_flags: flags,
             })
@@ -852,7 +939,6 @@ mod tests {
             &[
                 opt(99, b"whatever"),
                 opt(OPT_STARTTLS, &[]),
-                opt(OPT_EXTENDED_HEADERS, &[]),
                 opt(OPT_PEEK_EXPORT, &[]),
                 opt(OPT_EXPORT_NAME, b"disk"),
             ],
@@ -866,7 +952,6 @@ mod tests {
             vec![
                 (99, REP_ERR_UNSUP),
                 (OPT_STARTTLS, REP_ERR_UNSUP),
-                (OPT_EXTENDED_HEADERS, REP_ERR_UNSUP),
                 (OPT_PEEK_EXPORT, REP_ERR_UNSUP),
             ]
         );
@@ -947,7 +1032,11 @@ mod tests {
         let ro_flags = u16::from_be_bytes([ro_export.2[10], ro_export.2[11]]);
         assert_eq!(
             ro_flags,
-            FLAG_HAS_FLAGS | FLAG_READ_ONLY | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN
+            FLAG_HAS_FLAGS
+                | FLAG_READ_ONLY
+                | FLAG_SEND_FLUSH
+                | FLAG_CAN_MULTI_CONN
+                | FLAG_SEND_CACHE
         );
         // GO "" selects the default export and reports its canonical name.
         let mut name = INFO_NAME.to_be_bytes().to_vec();
@@ -1203,7 +1292,12 @@ mod tests {
         let ro = Catalog.lookup("ro").unwrap();
         assert_eq!(
             transmission_flags(&ro, true),
-            FLAG_HAS_FLAGS | FLAG_READ_ONLY | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN | FLAG_SEND_DF
+            FLAG_HAS_FLAGS
+                | FLAG_READ_ONLY
+                | FLAG_SEND_FLUSH
+                | FLAG_CAN_MULTI_CONN
+                | FLAG_SEND_CACHE
+                | FLAG_SEND_DF
         );
     }
 }

@@ -12,9 +12,16 @@
 //!   [`Command`] and the fatal [`ProtocolError`].
 //! * [`handshake`] — the fixed-newstyle negotiation state machine
 //!   ([`Handshake`]) over an [`ExportCatalog`], ending in [`Negotiated`].
-//! * [`transmission`] — request header parsing, request validation, and
-//!   encoding of simple and structured replies (with header-only variants
-//!   for zero-copy sends).
+//! * [`transmission`] — request header parsing (compact and extended),
+//!   request validation, and encoding of simple, structured and extended
+//!   replies (with header-only variants for zero-copy sends).
+//! * [`session`] — the transmission phase as a sans-IO state machine: the
+//!   action for each request (serve, refuse after discarding its payload,
+//!   answer at once, disconnect).
+//! * [`budget`] — [`MemoryBudget`], the server-wide bound on in-flight
+//!   request and reply buffers.
+//! * [`io_error_log`] — rate-limited warnings for I/O errors returned to
+//!   clients.
 //!
 //! The server that drives it on the io_uring reactors:
 //!
@@ -27,15 +34,18 @@
 //!
 //! A connection's life: send [`Handshake::greeting`]; loop `feed` /
 //! `take_output` until [`HandshakeState::Done`]; then loop
-//! [`parse_request`] → read the WRITE payload → [`validate`] → do the I/O →
-//! encode the reply. Replies may go out in any order; each carries its
+//! [`Session::next`] → (acquire budget, read the WRITE payload | discard a
+//! refused payload) → do the I/O → encode the reply. Replies may go out in any order; each carries its
 //! request's handle.
 
 pub mod backend;
+pub mod budget;
 mod conn;
 pub mod handshake;
+pub mod io_error_log;
 pub mod proto;
 pub mod server;
+pub mod session;
 pub mod transmission;
 
 pub use backend::{BackendError, ExportBackend, ExportProvider, ReadSeg, ReadSegs};
@@ -43,14 +53,17 @@ pub use conn::{ConnEnd, DIRECT_RECV_MIN};
 pub use proto::{STATE_HOLE, STATE_ZERO};
 pub use server::{ConnectionInfo, ListenSpec, NbdServer, NbdServerError, ServerConfig};
 
+pub use budget::MemoryBudget;
 pub use handshake::{
     transmission_flags, CloseReason, ExportCatalog, ExportInfo, Handshake, HandshakeState,
     Negotiated, BASE_ALLOCATION_CONTEXT_ID,
 };
 pub use proto::{Command, Errno, ProtocolError};
+pub use session::{Action, Session};
 pub use transmission::{
-    encode_block_status, encode_chunk_header, encode_error_chunk, encode_error_offset_chunk,
-    encode_error_reply, encode_none, encode_offset_data, encode_offset_data_header,
-    encode_offset_hole, encode_simple_reply, encode_simple_reply_header, parse_request, validate,
-    Extent, Request, OFFSET_DATA_HEADER_LEN,
+    encode_block_status, encode_block_status_reply, encode_chunk_header, encode_error_chunk,
+    encode_error_offset_chunk, encode_error_reply, encode_none, encode_offset_data,
+    encode_offset_data_header, encode_offset_hole, encode_simple_reply, encode_simple_reply_header,
+    ok_reply, parse_header, parse_request, read_data_header, read_hole_chunk, reply_chunk_header,
+    validate, ReplyHeader, Request, StatusExtent, OFFSET_DATA_HEADER_LEN,
 };

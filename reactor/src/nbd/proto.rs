@@ -27,6 +27,11 @@ pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 /// Magic of a structured reply chunk.
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+/// Magic of a request with extended headers (32 bytes, 64-bit length).
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
+/// Magic of an extended reply chunk (32 bytes, 64-bit length); once
+/// extended headers are negotiated every reply uses it.
+pub const EXTENDED_REPLY_MAGIC: u32 = 0x6e8a_278c;
 
 // ---------------------------------------------------------------------------
 // Handshake flags (server, 16 bits) and client flags (32 bits)
@@ -77,6 +82,9 @@ pub const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR | 6;
 pub const REP_ERR_SHUTDOWN: u32 = REP_FLAG_ERROR | 7;
 pub const REP_ERR_BLOCK_SIZE_REQD: u32 = REP_FLAG_ERROR | 8;
 pub const REP_ERR_TOO_BIG: u32 = REP_FLAG_ERROR | 9;
+/// The option needs extended headers (or, for `NBD_OPT_STRUCTURED_REPLY`:
+/// extended headers are already on and imply structured replies).
+pub const REP_ERR_EXT_HEADER_REQD: u32 = REP_FLAG_ERROR | 10;
 
 // ---------------------------------------------------------------------------
 // Info types (inside NBD_REP_INFO, requested by NBD_OPT_INFO / NBD_OPT_GO)
@@ -122,6 +130,10 @@ pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 pub const CMD_FLAG_DF: u16 = 1 << 2;
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+/// Extended headers only: `length` is the length of a payload that follows
+/// the header (set by clients on commands other than WRITE only if the
+/// server advertised it; we do not, but we still consume the payload).
+pub const CMD_FLAG_PAYLOAD_LEN: u16 = 1 << 5;
 
 // ---------------------------------------------------------------------------
 // Structured replies
@@ -134,6 +146,9 @@ pub const REPLY_TYPE_NONE: u16 = 0;
 pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
 pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// BLOCK_STATUS with 64-bit extent lengths and flags: the only block status
+/// reply allowed once extended headers are negotiated.
+pub const REPLY_TYPE_BLOCK_STATUS_EXT: u16 = 6;
 /// Bit 15 marks every error chunk type.
 pub const REPLY_TYPE_FLAG_ERROR: u16 = 1 << 15;
 pub const REPLY_TYPE_ERROR: u16 = REPLY_TYPE_FLAG_ERROR | 1;
@@ -159,20 +174,32 @@ pub const CLIENT_FLAGS_LEN: usize = 4;
 pub const OPTION_HEADER_LEN: usize = 8 + 4 + 4;
 /// Length of the transmission request header.
 pub const REQUEST_HEADER_LEN: usize = 28;
+/// Length of a request header with extended headers.
+pub const EXTENDED_REQUEST_HEADER_LEN: usize = 32;
 /// Length of a simple reply header.
 pub const SIMPLE_REPLY_HEADER_LEN: usize = 16;
 /// Length of a structured reply chunk header.
 pub const STRUCTURED_REPLY_HEADER_LEN: usize = 20;
+/// Length of an extended reply chunk header.
+pub const EXTENDED_REPLY_HEADER_LEN: usize = 32;
 
-/// Advertised minimum block size: every offset/length must be a multiple.
-/// 512 lets us run on O_DIRECT devices with 512-byte sectors.
-pub const MIN_BLOCK_SIZE: u32 = 512;
+/// Advertised minimum block size: 1, any byte offset and length. The
+/// engine serves unaligned ranges by read-modify-write of the chunks they
+/// touch (under each chunk's write lock), so we enforce no alignment, which
+/// is also what the spec asks of a server whose client negotiated no block
+/// size.
+pub const MIN_BLOCK_SIZE: u32 = 1;
 /// Advertised preferred block size: our physical block, below which writes
 /// turn into read-modify-write.
 pub const PREFERRED_BLOCK_SIZE: u32 = 4096;
-/// Advertised maximum block size for READ/WRITE payloads (32 MiB, which the
-/// spec says no one should treat as a denial of service).
-pub const MAX_BLOCK_SIZE: u32 = 32 * 1024 * 1024;
+/// Advertised maximum block size (payload) of READ and WRITE: 64 MiB. Every
+/// buffer byte in flight is charged to the server's memory budget, so a
+/// large request waits for room rather than growing the process.
+pub const MAX_BLOCK_SIZE: u32 = 64 * 1024 * 1024;
+/// Bytes of an oversized WRITE payload we read and throw away to answer
+/// it with an error: anything longer ends the connection. 4 GiB - 1, the
+/// most a compact header can announce; only extended headers can exceed it.
+pub const MAX_DISCARD_LEN: u64 = u32::MAX as u64;
 /// Largest option payload we accept during haggling. Real options are at
 /// most a few KiB (names are capped at 4096 bytes); anything bigger is a
 /// client trying to make us buffer without bound, and we hang up.
@@ -240,10 +267,11 @@ pub enum Command {
     Disc,
     Flush,
     Trim,
+    /// `NBD_CMD_CACHE`: a hint to prefetch a range.
+    Cache,
     WriteZeroes,
     BlockStatus,
-    /// Any other code, including `NBD_CMD_CACHE` (5), which we do not
-    /// advertise.
+    /// Any other code.
     Unknown(u16),
 }
 
@@ -255,6 +283,7 @@ impl Command {
             CMD_DISC => Command::Disc,
             CMD_FLUSH => Command::Flush,
             CMD_TRIM => Command::Trim,
+            CMD_CACHE => Command::Cache,
             CMD_WRITE_ZEROES => Command::WriteZeroes,
             CMD_BLOCK_STATUS => Command::BlockStatus,
             other => Command::Unknown(other),
@@ -268,6 +297,7 @@ impl Command {
             Command::Disc => CMD_DISC,
             Command::Flush => CMD_FLUSH,
             Command::Trim => CMD_TRIM,
+            Command::Cache => CMD_CACHE,
             Command::WriteZeroes => CMD_WRITE_ZEROES,
             Command::BlockStatus => CMD_BLOCK_STATUS,
             Command::Unknown(c) => c,
@@ -301,8 +331,8 @@ pub enum ProtocolError {
     /// A request did not start with `NBD_REQUEST_MAGIC`.
     #[error("bad request magic {0:#010x}")]
     BadRequestMagic(u32),
-    /// A write whose payload exceeds [`MAX_BLOCK_SIZE`]: we cannot safely
-    /// skip that many bytes, so the connection ends.
-    #[error("write payload of {len} bytes exceeds the {max} byte limit")]
-    PayloadTooLarge { len: u32, max: u32 },
+    /// A payload longer than [`MAX_DISCARD_LEN`] (only extended headers
+    /// can announce one): not worth reading just to refuse it.
+    #[error("payload of {len} bytes exceeds the {max} bytes we would read to refuse it")]
+    PayloadTooLarge { len: u64, max: u64 },
 }

@@ -30,6 +30,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::backend::ExportProvider;
+use super::budget::MemoryBudget;
 use super::conn::{run_connection, unless, ConnCtl, ConnEnd, Latch};
 use crate::error::{CallError, SendError};
 use crate::executor::spawn_local;
@@ -56,8 +57,14 @@ pub struct ServerConfig {
     pub max_requests: usize,
     /// Buffer bytes (READ lengths + WRITE payloads) one connection may have
     /// in flight before reading pauses (one request is always admitted, so
-    /// a single 32 MiB request still works).
+    /// a single 64 MiB request still works).
     pub max_inflight_bytes: usize,
+    /// Buffer bytes (READ reply data + WRITE payloads) all connections of
+    /// the server together may have in flight: one [`MemoryBudget`] shared
+    /// by every reactor. A connection that cannot get its request's bytes
+    /// stops reading until others are answered. A request larger than the
+    /// budget is charged the whole budget (it runs alone).
+    pub memory_budget: usize,
     /// Receive buffer per connection: one `recv` takes up to this much, so
     /// many pipelined requests cost one receive.
     pub recv_buffer: usize,
@@ -75,11 +82,15 @@ pub struct ServerConfig {
     pub stop_timeout: Duration,
 }
 
+/// Default [`ServerConfig::memory_budget`]: 256 MiB.
+pub const DEFAULT_MEMORY_BUDGET: usize = 256 << 20;
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             max_requests: 128,
             max_inflight_bytes: 64 << 20,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
             recv_buffer: 256 << 10,
             coalesce_bytes: 16 << 10,
             handshake_timeout: Some(Duration::from_secs(30)),
@@ -135,26 +146,31 @@ struct ConnRecord {
     export: Option<String>,
 }
 
+/// The server's table of live connections, recent ends and counters.
 #[derive(Default)]
-struct Registry {
+struct ConnTable {
     stopping: bool,
     next_id: u64,
     conns: HashMap<u64, ConnRecord>,
     ends: VecDeque<ConnEnd>,
     total: u64,
+    /// Connections so far that negotiated extended headers.
+    extended_total: u64,
 }
 
 /// The thread-safe part of a server, shared with every reactor.
 struct Core {
     id: u64,
     config: ServerConfig,
-    reg: Mutex<Registry>,
+    /// The budget every connection's in-flight buffers are charged to.
+    budget: Arc<MemoryBudget>,
+    reg: Mutex<ConnTable>,
     drained: Condvar,
     rr: AtomicUsize,
 }
 
 impl Core {
-    fn reg(&self) -> MutexGuard<'_, Registry> {
+    fn reg(&self) -> MutexGuard<'_, ConnTable> {
         // A panic elsewhere must not wedge stop() or the counters.
         self.reg.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -206,7 +222,7 @@ static NEXT_SERVER: AtomicU64 = AtomicU64::new(1);
 /// Per-reactor handles of this thread's connections and accept loops, by
 /// (server id, connection id / listener index). Weak: the tasks own them.
 #[derive(Default)]
-struct Local {
+struct ReactorConns {
     conns: HashMap<(u64, u64), Weak<ConnCtl>>,
     acceptors: HashMap<(u64, usize), Weak<AcceptorCtl>>,
     /// Servers whose handshake-timeout sweeper runs on this reactor.
@@ -214,10 +230,10 @@ struct Local {
 }
 
 thread_local! {
-    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+    static LOCAL: RefCell<ReactorConns> = RefCell::new(ReactorConns::default());
 }
 
-fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {
+fn with_local<R>(f: impl FnOnce(&mut ReactorConns) -> R) -> Option<R> {
     LOCAL.try_with(|l| f(&mut l.borrow_mut())).ok()
 }
 
@@ -292,8 +308,9 @@ impl NbdServer {
         }
         let core = Arc::new(Core {
             id: NEXT_SERVER.fetch_add(1, Ordering::Relaxed),
+            budget: MemoryBudget::new(config.memory_budget),
             config,
-            reg: Mutex::new(Registry::default()),
+            reg: Mutex::new(ConnTable::default()),
             drained: Condvar::new(),
             rr: AtomicUsize::new(0),
         });
@@ -332,6 +349,18 @@ impl NbdServer {
     /// actual port).
     pub fn local_addrs(&self) -> &[ListenAddr] {
         &self.addrs
+    }
+
+    /// The budget in-flight request and reply buffers of all connections
+    /// are charged to (for monitoring and tests).
+    pub fn memory_budget(&self) -> &MemoryBudget {
+        &self.core.budget
+    }
+
+    /// Connections so far (ended ones included) that negotiated extended
+    /// headers.
+    pub fn extended_header_connections(&self) -> u64 {
+        self.core.reg().extended_total
     }
 
     /// Live connections (including ones still negotiating).
@@ -626,8 +655,11 @@ fn start_connection<P: ExportProvider>(
     spawn_local(async move {
         let guard = guard;
         let core = &guard.core;
-        let end = run_connection(ctl, provider, &core.config, |name| {
-            core.set_export(id, name)
+        let end = run_connection(ctl, provider, &core.config, core.budget.clone(), |neg| {
+            core.set_export(id, &neg.export_name);
+            if neg.extended_headers {
+                core.reg().extended_total += 1;
+            }
         })
         .await;
         core.record_end(end);

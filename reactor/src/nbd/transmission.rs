@@ -28,7 +28,7 @@
 use super::handshake::{truncate_str, Negotiated};
 use super::proto::*;
 
-/// A decoded request header.
+/// A decoded request header (compact or extended).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     /// Opaque client cookie, echoed in every reply to this request.
@@ -37,20 +37,20 @@ pub struct Request {
     /// Command flags (`CMD_FLAG_*`).
     pub flags: u16,
     pub offset: u64,
-    pub length: u32,
+    /// Effect length (64-bit with extended headers, else at most 2^32-1).
+    pub length: u64,
+    /// Bytes of payload that follow this header on the wire: `length` for
+    /// WRITE, and with extended headers for any command carrying
+    /// `NBD_CMD_FLAG_PAYLOAD_LEN`; 0 otherwise.
+    pub payload: u64,
 }
 
 impl Request {
-    /// Bytes of payload that follow this header on the wire: `length` for
-    /// WRITE, 0 otherwise. The caller must consume them even when
-    /// [`validate`] rejects the request, or the stream falls out of sync.
-    /// (Payloads above [`MAX_BLOCK_SIZE`] never get this far:
-    /// [`parse_request`] fails instead.)
-    pub fn payload_len(&self) -> usize {
-        match self.cmd {
-            Command::Write => self.length as usize,
-            _ => 0,
-        }
+    /// Bytes of payload that follow this header on the wire. The caller
+    /// must consume them even when [`validate`] rejects the request, or
+    /// the stream falls out of sync.
+    pub fn payload_len(&self) -> u64 {
+        self.payload
     }
 
     pub fn has_flag(&self, flag: u16) -> bool {
@@ -64,63 +64,78 @@ impl Request {
     }
 }
 
-/// Decode one request header from the front of `buf`.
-///
-/// Returns `Ok(None)` until all 28 header bytes are present (a bad magic is
-/// reported as soon as its 4 bytes are there), and otherwise the request and
-/// the number of header bytes consumed ([`REQUEST_HEADER_LEN`]); the WRITE
-/// payload, if any, follows. Errors mean the stream cannot be trusted and
-/// the connection must be closed:
-/// * a bad magic (we are out of sync), or
-/// * a WRITE whose payload exceeds [`MAX_BLOCK_SIZE`]: skipping up to 4 GiB
-///   of attacker-chosen data is not worth the risk, and the spec allows a
-///   hard disconnect for payloads it deems a denial of service.
+/// Decode one compact (28-byte) request header from the front of `buf`:
+/// [`parse_header`] without extended headers.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, ProtocolError> {
+    parse_header(buf, false)
+}
+
+/// Decode one request header from the front of `buf`: 28 bytes with magic
+/// `NBD_REQUEST_MAGIC`, or 32 bytes with `NBD_EXTENDED_REQUEST_MAGIC` once
+/// extended headers are negotiated.
+///
+/// Returns `Ok(None)` until the whole header is present (a bad magic is
+/// reported as soon as its 4 bytes are there), and otherwise the request
+/// and the number of header bytes consumed; the payload, if any, follows.
+/// The only error is a bad magic (we are out of sync and must close);
+/// payload sizes are judged by the caller (see `session`), which refuses
+/// oversized ones after discarding them.
+pub fn parse_header(buf: &[u8], extended: bool) -> Result<Option<(Request, usize)>, ProtocolError> {
+    let (want_magic, len) = if extended {
+        (EXTENDED_REQUEST_MAGIC, EXTENDED_REQUEST_HEADER_LEN)
+    } else {
+        (REQUEST_MAGIC, REQUEST_HEADER_LEN)
+    };
     if let Some(m) = buf.get(0..4) {
         let magic = u32::from_be_bytes([m[0], m[1], m[2], m[3]]);
-        if magic != REQUEST_MAGIC {
+        if magic != want_magic {
             return Err(ProtocolError::BadRequestMagic(magic));
         }
     }
-    let Some(h) = buf.get(..REQUEST_HEADER_LEN) else {
+    let Some(h) = buf.get(..len) else {
         return Ok(None);
     };
     let u16_at = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
     let u32_at = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     let u64_at = |i: usize| (u64::from(u32_at(i)) << 32) | u64::from(u32_at(i + 4));
+    let flags = u16_at(4);
+    let cmd = Command::from_code(u16_at(6));
+    let length = if extended {
+        u64_at(24)
+    } else {
+        u64::from(u32_at(24))
+    };
+    let carries_payload = cmd == Command::Write || (extended && flags & CMD_FLAG_PAYLOAD_LEN != 0);
     let req = Request {
-        flags: u16_at(4),
-        cmd: Command::from_code(u16_at(6)),
+        flags,
+        cmd,
         handle: u64_at(8),
         offset: u64_at(16),
-        length: u32_at(24),
+        length,
+        payload: if carries_payload { length } else { 0 },
     };
-    if req.cmd == Command::Write && req.length > MAX_BLOCK_SIZE {
-        return Err(ProtocolError::PayloadTooLarge {
-            len: req.length,
-            max: MAX_BLOCK_SIZE,
-        });
-    }
-    Ok(Some((req, REQUEST_HEADER_LEN)))
+    Ok(Some((req, len)))
 }
 
 /// Check a request against the negotiated export before doing any I/O.
 ///
 /// `Err(errno)` is what to send back (see [`encode_error_reply`]); the
 /// connection stays up. Rules, in order:
-/// 1. unknown command (including CACHE, which we don't advertise) → EINVAL;
+/// 1. unknown command → EINVAL;
 /// 2. DISC is always fine (it has no reply);
 /// 3. WRITE/TRIM/WRITE_ZEROES on a read-only export → EPERM;
 /// 4. a command flag not allowed for this command or not advertised
 ///    (FUA needs SEND_FUA, DF needs SEND_DF and READ, REQ_ONE needs
 ///    BLOCK_STATUS, NO_HOLE needs WRITE_ZEROES, FAST_ZERO needs
-///    SEND_FAST_ZERO and WRITE_ZEROES) → EINVAL;
+///    SEND_FAST_ZERO and WRITE_ZEROES, PAYLOAD_LEN needs extended headers
+///    and WRITE) → EINVAL;
 /// 5. FLUSH with nonzero offset or length → EINVAL (spec: MUST be zero);
 /// 6. BLOCK_STATUS without `base:allocation` selected → EINVAL;
-/// 7. zero length, or offset/length not multiples of [`MIN_BLOCK_SIZE`] →
-///    EINVAL (we advertise 512 as the minimum block size);
-/// 8. READ longer than [`MAX_BLOCK_SIZE`] → EINVAL (TRIM, WRITE_ZEROES and
-///    BLOCK_STATUS carry no payload, so we do not cap them);
+/// 7. zero length → EINVAL; any offset and length alignment is fine (we
+///    advertise a minimum block size of 1);
+/// 8. READ/WRITE longer than [`MAX_BLOCK_SIZE`] → EOVERFLOW (TRIM,
+///    WRITE_ZEROES, CACHE and BLOCK_STATUS carry no payload, so we do not
+///    cap them);
 /// 9. beyond the end of the export → ENOSPC for WRITE/WRITE_ZEROES, EINVAL
 ///    otherwise (as the spec recommends).
 pub fn validate(req: &Request, neg: &Negotiated) -> Result<(), Errno> {
@@ -143,6 +158,7 @@ pub fn validate(req: &Request, neg: &Negotiated) -> Result<(), Errno> {
     }
     match req.cmd {
         Read if tf & FLAG_SEND_DF != 0 => allowed |= CMD_FLAG_DF,
+        Write if neg.extended_headers => allowed |= CMD_FLAG_PAYLOAD_LEN,
         WriteZeroes => {
             allowed |= CMD_FLAG_NO_HOLE;
             if tf & FLAG_SEND_FAST_ZERO != 0 {
@@ -170,17 +186,15 @@ pub fn validate(req: &Request, neg: &Negotiated) -> Result<(), Errno> {
         _ => {}
     }
 
-    // MIN_BLOCK_SIZE is a power of two, so alignment is a mask test.
-    let mask = u64::from(MIN_BLOCK_SIZE - 1);
-    if req.length == 0 || req.offset & mask != 0 || u64::from(req.length) & mask != 0 {
+    if req.length == 0 {
         return Err(Errno::Inval);
     }
-    if matches!(req.cmd, Read | Write) && req.length > MAX_BLOCK_SIZE {
-        return Err(Errno::Inval);
+    if matches!(req.cmd, Read | Write) && req.length > u64::from(MAX_BLOCK_SIZE) {
+        return Err(Errno::Overflow);
     }
     let in_bounds = req
         .offset
-        .checked_add(u64::from(req.length))
+        .checked_add(req.length)
         .is_some_and(|end| end <= neg.size);
     if !in_bounds {
         return Err(match req.cmd {
@@ -340,7 +354,7 @@ pub fn encode_error_offset_chunk(
 
 /// One `base:allocation` extent descriptor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
+pub struct StatusExtent {
     pub length: u32,
     /// `STATE_HOLE` / `STATE_ZERO`.
     pub flags: u32,
@@ -356,29 +370,13 @@ pub struct Extent {
 /// cover the request (the last one may extend past it); and an empty list
 /// becomes one extent of the request length with status 0, which the spec
 /// says is always safe.
-pub fn encode_block_status(out: &mut Vec<u8>, req: &Request, context_id: u32, extents: &[Extent]) {
-    let mut chosen: Vec<Extent> = Vec::new();
-    let mut covered: u64 = 0;
-    for e in extents.iter().filter(|e| e.length > 0) {
-        if req.has_flag(CMD_FLAG_REQ_ONE) {
-            chosen.push(Extent {
-                length: e.length.min(req.length.max(1)),
-                flags: e.flags,
-            });
-            break;
-        }
-        chosen.push(*e);
-        covered += u64::from(e.length);
-        if covered >= u64::from(req.length) {
-            break;
-        }
-    }
-    if chosen.is_empty() {
-        chosen.push(Extent {
-            length: req.length.max(1),
-            flags: 0,
-        });
-    }
+pub fn encode_block_status(
+    out: &mut Vec<u8>,
+    req: &Request,
+    context_id: u32,
+    extents: &[StatusExtent],
+) {
+    let chosen = choose_extents(req, extents);
     let payload_len = 4 + 8 * chosen.len() as u32;
     out.reserve(STRUCTURED_REPLY_HEADER_LEN + payload_len as usize);
     out.extend_from_slice(&encode_chunk_header(
@@ -394,6 +392,66 @@ pub fn encode_block_status(out: &mut Vec<u8>, req: &Request, context_id: u32, ex
     }
 }
 
+/// The extents a BLOCK_STATUS reply carries, by the spec's shape rules
+/// (see [`encode_block_status`]).
+fn choose_extents(req: &Request, extents: &[StatusExtent]) -> Vec<StatusExtent> {
+    let req_len = u32::try_from(req.length).unwrap_or(u32::MAX).max(1);
+    let mut chosen: Vec<StatusExtent> = Vec::new();
+    let mut covered: u64 = 0;
+    for e in extents.iter().filter(|e| e.length > 0) {
+        if req.has_flag(CMD_FLAG_REQ_ONE) {
+            chosen.push(StatusExtent {
+                length: e.length.min(req_len),
+                flags: e.flags,
+            });
+            break;
+        }
+        chosen.push(*e);
+        covered += u64::from(e.length);
+        if covered >= req.length {
+            break;
+        }
+    }
+    if chosen.is_empty() {
+        chosen.push(StatusExtent {
+            length: req_len,
+            flags: 0,
+        });
+    }
+    chosen
+}
+
+/// Append the BLOCK_STATUS reply framed as negotiated: a `BLOCK_STATUS`
+/// chunk, or with extended headers a `BLOCK_STATUS_EXT` chunk (64-bit
+/// lengths and flags, with a descriptor count), the only form allowed then.
+pub fn encode_block_status_reply(
+    out: &mut Vec<u8>,
+    req: &Request,
+    neg: &Negotiated,
+    context_id: u32,
+    extents: &[StatusExtent],
+) {
+    if !neg.extended_headers {
+        encode_block_status(out, req, context_id, extents);
+        return;
+    }
+    let chosen = choose_extents(req, extents);
+    let payload_len = 8 + 16 * chosen.len() as u64;
+    out.extend_from_slice(&reply_chunk_header(
+        true,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS_EXT,
+        req,
+        payload_len,
+    ));
+    out.extend_from_slice(&context_id.to_be_bytes());
+    out.extend_from_slice(&(chosen.len() as u32).to_be_bytes());
+    for e in chosen {
+        out.extend_from_slice(&u64::from(e.length).to_be_bytes());
+        out.extend_from_slice(&u64::from(e.flags).to_be_bytes());
+    }
+}
+
 /// Append the complete error reply for `req`, framed as the negotiation
 /// requires: a single `ERROR` chunk with DONE when structured replies are
 /// on (mandatory for READ/BLOCK_STATUS, and preferred for the rest because
@@ -405,11 +463,151 @@ pub fn encode_error_reply(
     errno: Errno,
     message: &str,
 ) {
-    if neg.structured_replies {
+    if neg.extended_headers {
+        let msg = truncate_str(message, MAX_STRING_LEN);
+        let h = reply_chunk_header(
+            true,
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_ERROR,
+            req,
+            6 + msg.len() as u64,
+        );
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&errno.code().to_be_bytes());
+        out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        out.extend_from_slice(msg.as_bytes());
+    } else if neg.structured_replies {
         encode_error_chunk(out, req.handle, errno, message, true);
     } else {
         encode_simple_reply(out, req.handle, Some(errno), &[]);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Reply headers framed for the negotiation (simple, structured, extended)
+// ---------------------------------------------------------------------------
+
+/// Longest reply header built by [`ReplyHeader`] users: an extended
+/// `OFFSET_HOLE` chunk (32-byte header + 12-byte payload).
+pub const MAX_REPLY_HEADER_LEN: usize = EXTENDED_REPLY_HEADER_LEN + 12;
+
+/// A small reply frame held inline (no allocation per reply).
+#[derive(Clone, Copy)]
+pub struct ReplyHeader {
+    buf: [u8; MAX_REPLY_HEADER_LEN],
+    len: usize,
+}
+
+impl ReplyHeader {
+    fn new() -> Self {
+        ReplyHeader {
+            buf: [0; MAX_REPLY_HEADER_LEN],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, b: &[u8]) {
+        self.buf[self.len..self.len + b.len()].copy_from_slice(b);
+        self.len += b.len();
+    }
+}
+
+impl std::ops::Deref for ReplyHeader {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Debug for ReplyHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplyHeader({:02x?})", &**self)
+    }
+}
+
+/// A chunk header: structured (20 bytes, 32-bit payload length) or, with
+/// `extended`, extended (32 bytes: the request's offset and a 64-bit
+/// payload length).
+pub fn reply_chunk_header(
+    extended: bool,
+    flags: u16,
+    reply_type: u16,
+    req: &Request,
+    payload_len: u64,
+) -> ReplyHeader {
+    let mut h = ReplyHeader::new();
+    if extended {
+        h.put(&EXTENDED_REPLY_MAGIC.to_be_bytes());
+        h.put(&flags.to_be_bytes());
+        h.put(&reply_type.to_be_bytes());
+        h.put(&req.handle.to_be_bytes());
+        h.put(&req.offset.to_be_bytes());
+        h.put(&payload_len.to_be_bytes());
+    } else {
+        let len = u32::try_from(payload_len).unwrap_or(u32::MAX);
+        h.put(&encode_chunk_header(flags, reply_type, req.handle, len));
+    }
+    h
+}
+
+/// The reply to a successful request without data: a simple reply, or
+/// with extended headers (where simple replies are not allowed) a `NONE`
+/// chunk with DONE.
+pub fn ok_reply(req: &Request, neg: &Negotiated) -> ReplyHeader {
+    if neg.extended_headers {
+        reply_chunk_header(true, REPLY_FLAG_DONE, REPLY_TYPE_NONE, req, 0)
+    } else {
+        let mut h = ReplyHeader::new();
+        h.put(&encode_simple_reply_header(req.handle, None));
+        h
+    }
+}
+
+/// Header in front of `data_len` bytes of READ data at `offset`: an
+/// `OFFSET_DATA` chunk (structured or extended), or a simple reply header
+/// when structured replies are off (then `offset`/`data_len` must be the
+/// whole request and `done` true).
+pub fn read_data_header(
+    req: &Request,
+    neg: &Negotiated,
+    offset: u64,
+    data_len: u64,
+    done: bool,
+) -> ReplyHeader {
+    if !neg.structured_replies {
+        return ok_reply(req, neg);
+    }
+    let flags = done_flag(done);
+    let mut h = reply_chunk_header(
+        neg.extended_headers,
+        flags,
+        REPLY_TYPE_OFFSET_DATA,
+        req,
+        data_len + 8,
+    );
+    h.put(&offset.to_be_bytes());
+    h
+}
+
+/// A whole `OFFSET_HOLE` chunk (structured replies only): `len` bytes at
+/// `offset` read as zeroes.
+pub fn read_hole_chunk(
+    req: &Request,
+    neg: &Negotiated,
+    offset: u64,
+    len: u32,
+    done: bool,
+) -> ReplyHeader {
+    let mut h = reply_chunk_header(
+        neg.extended_headers,
+        done_flag(done),
+        REPLY_TYPE_OFFSET_HOLE,
+        req,
+        12,
+    );
+    h.put(&offset.to_be_bytes());
+    h.put(&len.to_be_bytes());
+    h
 }
 
 #[cfg(test)]
@@ -431,6 +629,7 @@ mod tests {
             size: SIZE,
             read_only,
             structured_replies: structured,
+            extended_headers: false,
             base_allocation_context: base_alloc.then_some(7),
             transmission_flags: transmission_flags(&info, structured),
         }
@@ -442,7 +641,12 @@ mod tests {
             cmd,
             flags,
             offset,
-            length,
+            length: length.into(),
+            payload: if cmd == Command::Write {
+                length.into()
+            } else {
+                0
+            },
         }
     }
 
@@ -473,7 +677,8 @@ mod tests {
                 cmd: Command::Write,
                 flags: CMD_FLAG_FUA,
                 offset: 4096,
-                length: 512
+                length: 512,
+                payload: 512,
             }
         );
         assert_eq!(r.payload_len(), 512);
@@ -496,22 +701,90 @@ mod tests {
     }
 
     #[test]
-    fn parse_request_oversized_write_is_fatal_but_oversized_read_is_not() {
-        let big = 64 << 20;
+    fn oversized_requests_parse_and_are_refused_with_eoverflow() {
+        // Parsing never refuses a length: the session discards an oversized
+        // payload and answers it.
+        let big = MAX_BLOCK_SIZE + 1;
+        let n = Negotiated {
+            size: 1 << 30,
+            ..neg(false, true, true)
+        };
+        for cmd in [CMD_WRITE, CMD_READ] {
+            let (r, _) = parse_request(&header(0, cmd, 1, 0, big)).unwrap().unwrap();
+            assert_eq!(validate(&r, &n), Err(Errno::Overflow));
+        }
+    }
+
+    #[test]
+    fn extended_header_fields() {
+        let mut h = EXTENDED_REQUEST_MAGIC.to_be_bytes().to_vec();
+        h.extend_from_slice(&CMD_FLAG_FUA.to_be_bytes());
+        h.extend_from_slice(&CMD_WRITE_ZEROES.to_be_bytes());
+        h.extend_from_slice(&7u64.to_be_bytes());
+        h.extend_from_slice(&(5u64 << 32).to_be_bytes());
+        h.extend_from_slice(&(6u64 << 32).to_be_bytes());
+        assert_eq!(parse_header(&h[..31], true), Ok(None));
+        let (r, used) = parse_header(&h, true).unwrap().unwrap();
+        assert_eq!(used, EXTENDED_REQUEST_HEADER_LEN);
         assert_eq!(
-            parse_request(&header(0, CMD_WRITE, 1, 0, big)),
-            Err(ProtocolError::PayloadTooLarge {
-                len: big,
-                max: MAX_BLOCK_SIZE
-            })
+            (
+                r.cmd,
+                r.flags,
+                r.handle,
+                r.offset,
+                r.length,
+                r.payload_len()
+            ),
+            (Command::WriteZeroes, CMD_FLAG_FUA, 7, 5 << 32, 6 << 32, 0)
         );
-        assert!(parse_request(&header(0, CMD_WRITE, 1, 0, MAX_BLOCK_SIZE))
-            .unwrap()
-            .is_some());
-        let (r, _) = parse_request(&header(0, CMD_READ, 1, 0, big))
-            .unwrap()
-            .unwrap();
-        assert_eq!(validate(&r, &neg(false, true, true)), Err(Errno::Inval));
+        // The compact magic is refused on an extended connection and vice versa.
+        assert!(parse_header(&header(0, CMD_READ, 1, 0, 1), true).is_err());
+        assert!(parse_header(&h, false).is_err());
+    }
+
+    #[test]
+    fn extended_replies_are_32_byte_chunks() {
+        let n = Negotiated {
+            extended_headers: true,
+            ..neg(false, true, true)
+        };
+        let r = req(Command::Write, 0, 4096, 512);
+        let ok = ok_reply(&r, &n);
+        assert_eq!(ok.len(), EXTENDED_REPLY_HEADER_LEN);
+        assert_eq!(&ok[0..4], &EXTENDED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(u16::from_be_bytes([ok[4], ok[5]]), REPLY_FLAG_DONE);
+        assert_eq!(u16::from_be_bytes([ok[6], ok[7]]), REPLY_TYPE_NONE);
+        assert_eq!(&ok[8..16], &r.handle.to_be_bytes());
+        assert_eq!(&ok[16..24], &4096u64.to_be_bytes());
+        assert_eq!(&ok[24..32], &0u64.to_be_bytes());
+        // Without extended headers a success is a 16-byte simple reply.
+        assert_eq!(ok_reply(&r, &neg(false, true, true)).len(), 16);
+        let d = read_data_header(&r, &n, 4096, 100, true);
+        assert_eq!(d.len(), EXTENDED_REPLY_HEADER_LEN + 8);
+        assert_eq!(&d[24..32], &108u64.to_be_bytes());
+        let hole = read_hole_chunk(&r, &n, 4096, 512, false);
+        assert_eq!(hole.len(), MAX_REPLY_HEADER_LEN);
+        let mut bs = Vec::new();
+        let e = StatusExtent {
+            length: 4096,
+            flags: STATE_HOLE,
+        };
+        let q = req(Command::BlockStatus, 0, 0, 4096);
+        encode_block_status_reply(&mut bs, &q, &n, 7, &[e]);
+        assert_eq!(
+            u16::from_be_bytes([bs[6], bs[7]]),
+            REPLY_TYPE_BLOCK_STATUS_EXT
+        );
+        let p = &bs[EXTENDED_REPLY_HEADER_LEN..];
+        assert_eq!(p.len(), 8 + 16);
+        assert_eq!(&p[0..8], &[0, 0, 0, 7, 0, 0, 0, 1]);
+        assert_eq!(&p[8..16], &4096u64.to_be_bytes());
+        assert_eq!(&p[16..24], &u64::from(STATE_HOLE).to_be_bytes());
+        let mut err = Vec::new();
+        encode_error_reply(&mut err, &r, &n, Errno::Io, "bad");
+        assert_eq!(&err[0..4], &EXTENDED_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(&err[24..32], &9u64.to_be_bytes());
+        assert_eq!(&err[32..36], &5u32.to_be_bytes());
     }
 
     #[test]
@@ -547,18 +820,21 @@ mod tests {
             ("write zeroes past end", req(WriteZeroes, 0, SIZE, 512), &rw, Err(Errno::NoSpc)),
             ("trim past end", req(Trim, 0, SIZE, 512), &rw, Err(Errno::Inval)),
             ("block status past end", req(BlockStatus, 0, SIZE, 512), &rw_sr, Err(Errno::Inval)),
-            // alignment and zero length
-            ("misaligned read offset", req(Read, 0, 100, 512), &rw, Err(Errno::Inval)),
-            ("misaligned read length", req(Read, 0, 0, 1000), &rw, Err(Errno::Inval)),
-            ("misaligned write", req(Write, 0, 511, 512), &rw, Err(Errno::Inval)),
-            ("misaligned trim", req(Trim, 0, 0, 513), &rw, Err(Errno::Inval)),
-            ("misaligned block status", req(BlockStatus, 0, 1, 512), &rw_sr, Err(Errno::Inval)),
+            // any alignment (minimum block size 1) and zero length
+            ("unaligned read offset", req(Read, 0, 100, 512), &rw, Ok(())),
+            ("unaligned read length", req(Read, 0, 0, 1000), &rw, Ok(())),
+            ("unaligned write", req(Write, 0, 511, 512), &rw, Ok(())),
+            ("unaligned trim", req(Trim, 0, 0, 513), &rw, Ok(())),
+            ("unaligned block status", req(BlockStatus, 0, 1, 512), &rw_sr, Ok(())),
+            ("unaligned cache", req(Cache, 0, 3, 5), &rw, Ok(())),
             ("zero-length read", req(Read, 0, 0, 0), &rw, Err(Errno::Inval)),
             ("zero-length write", req(Write, 0, 0, 0), &rw, Err(Errno::Inval)),
             // size limits
-            ("read over 32 MiB", req(Read, 0, 0, max + 512), &big, Err(Errno::Inval)),
-            ("trim over 32 MiB", req(Trim, 0, 0, max + 512), &big, Ok(())),
-            ("write zeroes over 32 MiB", req(WriteZeroes, 0, 0, max + 512), &big, Ok(())),
+            ("read over 64 MiB", req(Read, 0, 0, max + 1), &big, Err(Errno::Overflow)),
+            ("write over 64 MiB", req(Write, 0, 0, max + 1), &big, Err(Errno::Overflow)),
+            ("trim over 64 MiB", req(Trim, 0, 0, max + 512), &big, Ok(())),
+            ("write zeroes over 64 MiB", req(WriteZeroes, 0, 0, max + 512), &big, Ok(())),
+            ("PAYLOAD_LEN without extended headers", req(Write, CMD_FLAG_PAYLOAD_LEN, 0, 512), &rw, Err(Errno::Inval)),
             // read-only
             ("write on ro", req(Write, 0, 0, 512), &ro, Err(Errno::Perm)),
             ("trim on ro", req(Trim, 0, 0, 512), &ro, Err(Errno::Perm)),
@@ -568,7 +844,8 @@ mod tests {
             ("FUA not advertised on ro", req(Read, CMD_FLAG_FUA, 0, 512), &ro, Err(Errno::Inval)),
             // unknown command / flags
             ("unknown command", req(Unknown(99), 0, 0, 512), &rw, Err(Errno::Inval)),
-            ("cache is not advertised", req(Unknown(CMD_CACHE), 0, 0, 512), &rw, Err(Errno::Inval)),
+            ("cache", req(Cache, 0, 0, 512), &rw, Ok(())),
+            ("cache past end", req(Cache, 0, SIZE, 1), &rw, Err(Errno::Inval)),
             ("unknown flag", req(Read, 1 << 9, 0, 512), &rw, Err(Errno::Inval)),
             ("DF without structured", req(Read, CMD_FLAG_DF, 0, 512), &rw, Err(Errno::Inval)),
             ("DF on write", req(Write, CMD_FLAG_DF, 0, 512), &rw_sr, Err(Errno::Inval)),
@@ -696,7 +973,7 @@ mod tests {
 
     #[test]
     fn block_status_shape_rules() {
-        let e = |length, flags| Extent { length, flags };
+        let e = |length, flags| StatusExtent { length, flags };
         let hole = STATE_HOLE | STATE_ZERO;
         let exts = [
             e(4096, 0),

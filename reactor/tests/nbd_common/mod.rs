@@ -33,8 +33,8 @@ use sluice_reactor::nbd::proto::*;
 use sluice_reactor::nbd::{
     encode_block_status, encode_error_reply, encode_offset_data, encode_offset_hole,
     encode_simple_reply, encode_simple_reply_header, parse_request, validate, Command as NbdCmd,
-    ExportCatalog, ExportInfo, Extent, Handshake, HandshakeState, Negotiated, ProtocolError,
-    Request,
+    ExportCatalog, ExportInfo, Handshake, HandshakeState, Negotiated, ProtocolError, Request,
+    StatusExtent,
 };
 
 /// Allocation granularity of the in-memory exports.
@@ -151,9 +151,9 @@ impl MemExport {
     }
 
     /// `base:allocation` extents for `[offset, offset+len)`, merged.
-    pub fn extents(&self, offset: u64, len: u64) -> Vec<Extent> {
+    pub fn extents(&self, offset: u64, len: u64) -> Vec<StatusExtent> {
         let blocks = self.lock();
-        let mut out: Vec<Extent> = Vec::new();
+        let mut out: Vec<StatusExtent> = Vec::new();
         for (b, _, n, _) in Self::pieces(offset, len) {
             let flags = if blocks.contains_key(&b) {
                 0
@@ -162,7 +162,7 @@ impl MemExport {
             };
             match out.last_mut() {
                 Some(last) if last.flags == flags => last.length += n as u32,
-                _ => out.push(Extent {
+                _ => out.push(StatusExtent {
                     length: n as u32,
                     flags,
                 }),
@@ -439,7 +439,7 @@ fn serve_inner<S: Read + Write>(s: &mut S, catalog: &Catalog) -> Result<ConnEnd,
     let mut buf: Vec<u8> = Vec::new();
 
     // --- handshake -------------------------------------------------------
-    let mut hs = Handshake::new();
+    let mut hs = Handshake::without_extended_headers();
     s.write_all(&hs.greeting())?;
     let neg: Negotiated = loop {
         let consumed = hs.feed(&buf, catalog)?;
@@ -471,7 +471,7 @@ fn serve_inner<S: Read + Write>(s: &mut S, catalog: &Catalog) -> Result<ConnEnd,
             }
             continue;
         };
-        let total = header_len + req.payload_len();
+        let total = header_len + req.payload_len() as usize;
         while buf.len() < total {
             if !read_more(s, &mut buf, &mut tmp)? {
                 return Ok(ConnEnd::Eof);
@@ -504,7 +504,7 @@ fn execute<S: Write>(
     export: &MemExport,
     out: &mut Vec<u8>,
 ) -> io::Result<()> {
-    let (offset, len) = (req.offset, u64::from(req.length));
+    let (offset, len) = (req.offset, req.length);
     match req.cmd {
         NbdCmd::Read if !neg.structured_replies => {
             // Header and data as separate writes: the shape a zero-copy
@@ -536,7 +536,8 @@ fn execute<S: Write>(
             export.write(offset, payload);
             encode_simple_reply(out, req.handle, None, &[]);
         }
-        NbdCmd::Flush => encode_simple_reply(out, req.handle, None, &[]),
+        // CACHE is a hint: nothing to prefetch in memory.
+        NbdCmd::Flush | NbdCmd::Cache => encode_simple_reply(out, req.handle, None, &[]),
         NbdCmd::Trim => {
             export.trim(offset, len);
             encode_simple_reply(out, req.handle, None, &[]);

@@ -21,8 +21,8 @@ use sluice_engine::AlignedBuf;
 use sluice_reactor::nbd::handshake::ExportInfo;
 use sluice_reactor::nbd::proto::{STATE_HOLE, STATE_ZERO};
 use sluice_reactor::nbd::{
-    BackendError, Errno, ExportBackend, ExportProvider, Extent, ListenSpec, NbdServer, ReadSeg,
-    ReadSegs, ServerConfig,
+    BackendError, Errno, ExportBackend, ExportProvider, ListenSpec, NbdServer, ReadSeg, ReadSegs,
+    ServerConfig, StatusExtent,
 };
 use sluice_reactor::net::ListenAddr;
 use sluice_reactor::{sleep, Reactors, RingConfig};
@@ -186,9 +186,9 @@ impl MemStore {
             .collect()
     }
 
-    pub fn extents(&self, offset: u64, len: u64) -> Vec<Extent> {
+    pub fn extents(&self, offset: u64, len: u64) -> Vec<StatusExtent> {
         let blocks = self.lock();
-        let mut out: Vec<Extent> = Vec::new();
+        let mut out: Vec<StatusExtent> = Vec::new();
         for (b, _, n, _) in Self::pieces(offset, len) {
             let flags = if blocks.contains_key(&b) {
                 0
@@ -197,7 +197,7 @@ impl MemStore {
             };
             match out.last_mut() {
                 Some(last) if last.flags == flags => last.length += n as u32,
-                _ => out.push(Extent {
+                _ => out.push(StatusExtent {
                     length: n as u32,
                     flags,
                 }),
@@ -368,7 +368,7 @@ impl ExportBackend for MemBackend {
         Ok(())
     }
 
-    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, BackendError> {
+    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<StatusExtent>, BackendError> {
         let _a = Active::new(&self.store.counters);
         self.pause(Op::BlockStatus, offset, len).await;
         self.store
