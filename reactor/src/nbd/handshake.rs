@@ -19,8 +19,9 @@
 //!
 //! Supported options: `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`,
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the only
-//! context is `base:allocation`). Everything else, including `STARTTLS`
-//! (we run in NOTLS mode) and `EXTENDED_HEADERS`, gets `NBD_REP_ERR_UNSUP`.
+//! context is `base:allocation`), and `STARTTLS` when the driver offers TLS
+//! ([`TlsPolicy`]; see `nbd/tls.rs`). Everything else, including
+//! `EXTENDED_HEADERS`, gets `NBD_REP_ERR_UNSUP`.
 
 use super::proto::*;
 
@@ -102,6 +103,25 @@ pub enum CloseReason {
     ProtocolViolation,
 }
 
+// --- TLS (STARTTLS) ---------------------------------------------------------
+
+/// Whether, and how strictly, a handshake offers TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// No TLS (NOTLS mode): `STARTTLS` gets `NBD_REP_ERR_UNSUP`.
+    #[default]
+    Off,
+    /// TLS on request; plaintext haggling is allowed too.
+    Optional,
+    /// FORCEDTLS: before TLS is up, every option but `STARTTLS` and
+    /// `ABORT` gets `NBD_REP_ERR_TLS_REQD` (so not even export names are
+    /// revealed), and `EXPORT_NAME`, which cannot be answered with an
+    /// error, ends the connection.
+    Required,
+}
+
+// --- end TLS -------------------------------------------------------------------
+
 /// Where the handshake is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeState {
@@ -109,6 +129,12 @@ pub enum HandshakeState {
     AwaitingClientFlags,
     /// Option haggling.
     Haggling,
+    /// The client's `NBD_OPT_STARTTLS` was accepted and its ACK is in the
+    /// output. Send it, run the TLS handshake on the connection (the bytes
+    /// the client sends next are TLS records, so `feed` consumes nothing
+    /// meanwhile), then call [`Handshake::tls_started`] and keep feeding
+    /// the decrypted stream.
+    StartTls,
     /// Transmission phase entered (by `EXPORT_NAME` or a successful `GO`).
     /// Flush the output first: it ends with the final reply.
     Done(Negotiated),
@@ -128,6 +154,9 @@ struct MetaSelection {
 #[derive(Debug)]
 pub struct Handshake {
     state: HandshakeState,
+    /// TLS policy, and whether TLS is up.
+    tls: TlsPolicy,
+    tls_active: bool,
     no_zeroes: bool,
     structured: bool,
     meta: Option<MetaSelection>,
@@ -142,8 +171,15 @@ impl Default for Handshake {
 
 impl Handshake {
     pub fn new() -> Self {
+        Self::with_tls(TlsPolicy::Off)
+    }
+
+    /// A handshake that offers TLS according to `tls`.
+    pub fn with_tls(tls: TlsPolicy) -> Self {
         Handshake {
             state: HandshakeState::AwaitingClientFlags,
+            tls,
+            tls_active: false,
             no_zeroes: false,
             structured: false,
             meta: None,
@@ -163,6 +199,24 @@ impl Handshake {
 
     pub fn state(&self) -> &HandshakeState {
         &self.state
+    }
+
+    /// The driver finished the TLS handshake after
+    /// [`HandshakeState::StartTls`]: haggling resumes over TLS. Everything
+    /// negotiated before STARTTLS is forgotten (the spec has the client
+    /// negotiate structured replies and meta contexts again).
+    pub fn tls_started(&mut self) {
+        if self.state == HandshakeState::StartTls {
+            self.tls_active = true;
+            self.structured = false;
+            self.meta = None;
+            self.state = HandshakeState::Haggling;
+        }
+    }
+
+    /// True once TLS is up on this connection.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     /// The negotiated parameters once the state is `Done`.
@@ -252,7 +306,9 @@ impl Handshake {
                     pos += total;
                     self.handle_option(option, data, catalog)?;
                 }
-                HandshakeState::Done(_) | HandshakeState::Closed(_) => return Ok(pos),
+                HandshakeState::StartTls
+                | HandshakeState::Done(_)
+                | HandshakeState::Closed(_) => return Ok(pos),
             }
         }
     }
@@ -268,6 +324,23 @@ impl Handshake {
         data: &[u8],
         catalog: &C,
     ) -> Result<(), ProtocolError> {
+        // --- TLS: FORCEDTLS refuses everything but STARTTLS/ABORT first.
+        if self.tls == TlsPolicy::Required
+            && !self.tls_active
+            && option != OPT_STARTTLS
+            && option != OPT_ABORT
+        {
+            if option == OPT_EXPORT_NAME {
+                return Err(self.fail(ProtocolError::TlsRequired));
+            }
+            self.error_reply(
+                option,
+                REP_ERR_TLS_REQD,
+                "this server requires TLS: send NBD_OPT_STARTTLS first (use an nbds:// URI)",
+            );
+            return Ok(());
+        }
+        // --- end TLS
         match option {
             OPT_EXPORT_NAME => return self.opt_export_name(data, catalog),
             OPT_ABORT => {
@@ -312,12 +385,24 @@ impl Handshake {
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                 self.opt_meta_context(option, data, catalog)
             }
-            OPT_STARTTLS => {
-                self.error_reply(option, REP_ERR_UNSUP, "TLS is not supported by this server")
-            }
+            OPT_STARTTLS => self.opt_starttls(option, data),
             _ => self.error_reply(option, REP_ERR_UNSUP, "option not supported"),
         }
         Ok(())
+    }
+
+    /// `NBD_OPT_STARTTLS` (TLS): ACK and hand over to the driver.
+    fn opt_starttls(&mut self, option: u32, data: &[u8]) {
+        if self.tls == TlsPolicy::Off {
+            self.error_reply(option, REP_ERR_UNSUP, "TLS is not enabled on this listener");
+        } else if !data.is_empty() {
+            self.error_reply(option, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+        } else if self.tls_active {
+            self.error_reply(option, REP_ERR_INVALID, "TLS is already active");
+        } else {
+            self.reply(option, REP_ACK, &[]);
+            self.state = HandshakeState::StartTls;
+        }
     }
 
     fn opt_export_name<C: ExportCatalog + ?Sized>(
