@@ -132,12 +132,18 @@ fn x509_nbdinfo_sees_the_export_and_qemu_io_round_trips_data() {
 #[test]
 fn plaintext_client_of_a_tls_required_server_is_told_tls_is_required() {
     let (fx, _x509) = x509_fixture("tls-plain");
-    let out = run_any(nbdinfo().arg(fx.tcp_uri("disk")));
+    // libnbd reports the refusal as ENOTSUP; its debug log shows which
+    // reply the server sent (NBD_REP_ERR_TLS_REQD with our message).
+    let out = run_any(
+        nbdinfo()
+            .env("LIBNBD_DEBUG", "1")
+            .arg(fx.tcp_uri("disk")),
+    );
     assert!(!out.status.success(), "plain nbdinfo succeeded");
     let err = stderr(&out);
     assert!(
-        err.to_lowercase().contains("tls"),
-        "the refusal does not mention TLS:\n{err}"
+        err.contains("server error message: this server requires TLS"),
+        "the refusal is not TLS-required:\n{err}"
     );
     // The list of exports is not revealed before TLS either.
     let out = run_any(nbdinfo().arg("--list").arg(fx.tcp_uri("")));

@@ -1291,4 +1291,89 @@ mod tests {
             FLAG_HAS_FLAGS | FLAG_READ_ONLY | FLAG_SEND_FLUSH | FLAG_CAN_MULTI_CONN | FLAG_SEND_DF
         );
     }
+
+    // --- TLS (STARTTLS) -------------------------------------------------------
+
+    #[test]
+    fn tls_required_refuses_options_before_starttls_without_revealing_names() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Required);
+        let input = client(
+            FLAGS_BOTH,
+            &[
+                opt(OPT_LIST, &[]),
+                opt(OPT_STRUCTURED_REPLY, &[]),
+                opt(OPT_GO, &info_data("disk", &[])),
+            ],
+        );
+        assert_eq!(hs.feed(&input, &Catalog).unwrap(), input.len());
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!(reps.len(), 3);
+        for (r, o) in reps.iter().zip([OPT_LIST, OPT_STRUCTURED_REPLY, OPT_GO]) {
+            assert_eq!((r.0, r.1), (o, REP_ERR_TLS_REQD));
+            assert!(!String::from_utf8_lossy(&r.2).contains("disk"));
+        }
+        assert_eq!(*hs.state(), HandshakeState::Haggling);
+        // EXPORT_NAME cannot be refused with a reply: hang up.
+        let r = hs.feed(&opt(OPT_EXPORT_NAME, b"disk"), &Catalog);
+        assert_eq!(r, Err(ProtocolError::TlsRequired));
+    }
+
+    #[test]
+    fn starttls_hands_over_and_haggling_resumes_afresh() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Required);
+        let mut input = client(FLAGS_BOTH, &[opt(OPT_STARTTLS, &[])]);
+        let tls_start = input.len();
+        input.extend_from_slice(b"\x16\x03\x01 client hello bytes");
+        assert_eq!(hs.feed(&input, &Catalog).unwrap(), tls_start);
+        assert_eq!(*hs.state(), HandshakeState::StartTls);
+        assert_eq!(
+            parse_replies(&hs.take_output()),
+            vec![(OPT_STARTTLS, REP_ACK, vec![])]
+        );
+        // Nothing is parsed while the driver runs the TLS handshake.
+        assert_eq!(hs.feed(&input[tls_start..], &Catalog).unwrap(), 0);
+        hs.tls_started();
+        assert!(hs.tls_active());
+        let input = [
+            opt(OPT_STARTTLS, &[]),
+            opt(OPT_LIST, &[]),
+            opt(OPT_GO, &info_data("disk", &[])),
+        ]
+        .concat();
+        assert_eq!(hs.feed(&input, &Catalog).unwrap(), input.len());
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!((reps[0].0, reps[0].1), (OPT_STARTTLS, REP_ERR_INVALID));
+        assert!(reps.iter().any(|r| r.1 == REP_SERVER));
+        let n = hs.negotiated().expect("GO over TLS");
+        assert!(!n.structured_replies);
+    }
+
+    #[test]
+    fn starttls_state_from_before_tls_is_forgotten() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Optional);
+        let input = client(
+            FLAGS_BOTH,
+            &[opt(OPT_STRUCTURED_REPLY, &[]), opt(OPT_STARTTLS, &[])],
+        );
+        hs.feed(&input, &Catalog).unwrap();
+        assert_eq!(*hs.state(), HandshakeState::StartTls);
+        hs.tls_started();
+        hs.feed(&opt(OPT_GO, &info_data("disk", &[])), &Catalog)
+            .unwrap();
+        assert!(!hs.negotiated().expect("done").structured_replies);
+    }
+
+    #[test]
+    fn starttls_with_data_or_without_tls_is_refused() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Optional);
+        let input = client(FLAGS_BOTH, &[opt(OPT_STARTTLS, b"x")]);
+        hs.feed(&input, &Catalog).unwrap();
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!(reps[0].1, REP_ERR_INVALID);
+        assert_eq!(*hs.state(), HandshakeState::Haggling);
+
+        let (hs, _, out) = run(&client(FLAGS_BOTH, &[opt(OPT_STARTTLS, &[])]));
+        assert_eq!(parse_replies(&out)[0].1, REP_ERR_UNSUP);
+        assert_eq!(*hs.state(), HandshakeState::Haggling);
+    }
 }
