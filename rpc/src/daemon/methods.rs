@@ -76,6 +76,9 @@ struct VolumeFilter {
 struct NbdStart {
     unix: Option<PathBuf>,
     tcp: Option<String>,
+    tls: Option<super::exports::NbdTlsParams>,
+    #[serde(default)]
+    insecure: bool,
 }
 
 #[derive(Deserialize)]
@@ -307,8 +310,9 @@ pub fn register(reg: &mut Registry, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     reg.register_typed("nbd_server_start", move |p: NbdStart| {
         let unix = p.unix.unwrap_or_else(|| dd.opts.data_dir.join("nbd.sock"));
-        let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone())?;
-        dd.journal_nbd(json!({"unix": unix, "tcp": p.tcp}));
+        let tls = p.tls.map(|t| t.resolved()).transpose()?;
+        let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone(), tls.as_ref(), p.insecure)?;
+        dd.journal_nbd(json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure}));
         Ok(out)
     });
 
