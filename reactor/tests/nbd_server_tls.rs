@@ -134,11 +134,7 @@ fn plaintext_client_of_a_tls_required_server_is_told_tls_is_required() {
     let (fx, _x509) = x509_fixture("tls-plain");
     // libnbd reports the refusal as ENOTSUP; its debug log shows which
     // reply the server sent (NBD_REP_ERR_TLS_REQD with our message).
-    let out = run_any(
-        nbdinfo()
-            .env("LIBNBD_DEBUG", "1")
-            .arg(fx.tcp_uri("disk")),
-    );
+    let out = run_any(nbdinfo().env("LIBNBD_DEBUG", "1").arg(fx.tcp_uri("disk")));
     assert!(!out.status.success(), "plain nbdinfo succeeded");
     let err = stderr(&out);
     assert!(
@@ -172,7 +168,10 @@ fn x509_client_without_a_certificate_is_refused() {
     // The server saw a failed TLS handshake, not a crash.
     fx.wait_connections_at_most(0);
     assert!(
-        fx.server.ended().iter().any(|e| matches!(e, ConnEnd::Tls(_))),
+        fx.server
+            .ended()
+            .iter()
+            .any(|e| matches!(e, ConnEnd::Tls(_))),
         "no TLS failure recorded: {:?}",
         fx.server.ended()
     );
@@ -291,8 +290,8 @@ fn non_loopback_listeners_need_required_tls_or_insecure() {
         insecure: true,
         ..ServerConfig::default()
     };
-    let s = NbdServer::start_with(&reactors, any(), provider, insecure)
-        .expect("0.0.0.0 with insecure");
+    let s =
+        NbdServer::start_with(&reactors, any(), provider, insecure).expect("0.0.0.0 with insecure");
     s.stop();
     let _ = std::fs::remove_dir_all(creds);
 }

@@ -41,7 +41,10 @@ fn nbdinfo_size(uri: &str) -> std::process::Output {
 }
 
 fn x509_uri(port: u16, dir: &Path) -> String {
-    format!("nbds://127.0.0.1:{port}/vol0?tls-certificates={}", dir.display())
+    format!(
+        "nbds://127.0.0.1:{port}/vol0?tls-certificates={}",
+        dir.display()
+    )
 }
 
 #[test]
@@ -60,17 +63,32 @@ fn x509_tls_serves_nbds_refuses_plaintext_and_survives_restart() {
     assert!(!nbdinfo_size(&plain).status.success(), "plaintext got in");
 
     // qemu-io writes and reads back a pattern over TLS.
-    let creds = format!("tls-creds-x509,id=tls0,dir={},endpoint=client", x509.display());
+    let creds = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=client",
+        x509.display()
+    );
     let opts = format!(
         "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},export=vol0,tls-creds=tls0"
     );
     let out = run(
         "qemu-io",
-        &["--object", &creds, "--image-opts", &opts, "-c", "write -P 0x3e 0 1M", "-c", "read -P 0x3e 0 1M"],
+        &[
+            "--object",
+            &creds,
+            "--image-opts",
+            &opts,
+            "-c",
+            "write -P 0x3e 0 1M",
+            "-c",
+            "read -P 0x3e 0 1M",
+        ],
     );
     assert!(out.status.success(), "qemu-io over TLS: {out:?}");
     // ... and the data is there through the plain Unix socket too.
-    let out = run("qemu-io", &["-f", "raw", &d.uri("vol0"), "-c", "read -P 0x3e 0 1M"]);
+    let out = run(
+        "qemu-io",
+        &["-f", "raw", &d.uri("vol0"), "-c", "read -P 0x3e 0 1M"],
+    );
     assert!(out.status.success(), "unix read-back: {out:?}");
 
     // Restart from the saved config: TLS comes back with it.
@@ -78,8 +96,14 @@ fn x509_tls_serves_nbds_refuses_plaintext_and_survives_restart() {
     d.extra.clear();
     d.spawn();
     let out = nbdinfo_size(&x509_uri(port, &x509));
-    assert!(out.status.success(), "nbdinfo over TLS after restart: {out:?}");
-    assert!(!nbdinfo_size(&plain).status.success(), "plaintext got in after restart");
+    assert!(
+        out.status.success(),
+        "nbdinfo over TLS after restart: {out:?}"
+    );
+    assert!(
+        !nbdinfo_size(&plain).status.success(),
+        "plaintext got in after restart"
+    );
     d.stop();
 }
 
@@ -93,12 +117,20 @@ fn psk_tls_accepts_the_right_key_only() {
         json!({"tcp": format!("127.0.0.1:{port}"), "tls": {"mode": "psk", "psk_file": file}}),
     );
     let good = make_psk(&d.dir, "client-good", "alice", &psk_key(3));
-    let uri = |f: &Path| format!("nbds://alice@127.0.0.1:{port}/vol0?tls-psk-file={}", f.display());
+    let uri = |f: &Path| {
+        format!(
+            "nbds://alice@127.0.0.1:{port}/vol0?tls-psk-file={}",
+            f.display()
+        )
+    };
     let out = nbdinfo_size(&uri(&good));
     assert!(out.status.success(), "nbdinfo with the right PSK: {out:?}");
     assert_eq!(stdout(&out).trim(), VOL.to_string());
     let wrong = make_psk(&d.dir, "client-wrong", "alice", &psk_key(4));
-    assert!(!nbdinfo_size(&uri(&wrong)).status.success(), "a wrong key got in");
+    assert!(
+        !nbdinfo_size(&uri(&wrong)).status.success(),
+        "a wrong key got in"
+    );
     d.stop();
 }
 

@@ -306,9 +306,9 @@ impl Handshake {
                     pos += total;
                     self.handle_option(option, data, catalog)?;
                 }
-                HandshakeState::StartTls
-                | HandshakeState::Done(_)
-                | HandshakeState::Closed(_) => return Ok(pos),
+                HandshakeState::StartTls | HandshakeState::Done(_) | HandshakeState::Closed(_) => {
+                    return Ok(pos)
+                }
             }
         }
     }

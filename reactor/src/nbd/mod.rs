@@ -52,8 +52,8 @@ pub use handshake::{
     transmission_flags, CloseReason, ExportCatalog, ExportInfo, Handshake, HandshakeState,
     Negotiated, TlsPolicy, BASE_ALLOCATION_CONTEXT_ID,
 };
-pub use tls::{TlsConfig, TlsCredentials, TlsError, TlsServer};
 pub use proto::{Command, Errno, ProtocolError};
+pub use tls::{TlsConfig, TlsCredentials, TlsError, TlsServer};
 pub use transmission::{
     encode_block_status, encode_chunk_header, encode_error_chunk, encode_error_offset_chunk,
     encode_error_reply, encode_none, encode_offset_data, encode_offset_data_header,

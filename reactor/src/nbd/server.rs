@@ -36,8 +36,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::backend::ExportProvider;
-use super::tls::TlsServer;
 use super::conn::{run_connection, unless, ConnCtl, ConnEnd, Latch};
+use super::tls::TlsServer;
 use crate::error::{CallError, SendError};
 use crate::executor::spawn_local;
 use crate::net::{ListenAddr, UringListener, UringStream};

@@ -28,8 +28,8 @@ use std::sync::Arc;
 
 use openssl::error::ErrorStack;
 use openssl::ssl::{
-    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions,
-    SslStream, SslVerifyMode, SslVersion,
+    ErrorCode, Ssl, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslOptions, SslStream,
+    SslVerifyMode, SslVersion,
 };
 
 /// Longest PSK key we accept (bytes); psktool makes 32-byte keys.
@@ -194,7 +194,7 @@ fn load_x509(b: &mut SslContextBuilder, dir: &Path) -> Result<(), TlsError> {
 }
 
 /// Parse a `username:hexkey` file. Errors name the line, never the key.
-pub fn load_psk_file(path: &Path) -> Result<HashMap<Vec<u8>, Vec<u8>>, TlsError> {
+pub fn load_psk_file(path: &Path) -> Result<PskKeys, TlsError> {
     let read_err = |source| TlsError::Read {
         path: path.to_path_buf(),
         source,
@@ -217,9 +217,12 @@ pub fn load_psk_file(path: &Path) -> Result<HashMap<Vec<u8>, Vec<u8>>, TlsError>
     })
 }
 
+/// PSK keys by identity (username).
+pub type PskKeys = HashMap<Vec<u8>, Vec<u8>>;
+
 /// The keys of a PSK file, or (line, reason) of the first bad line; an
 /// empty reason means the file holds no keys.
-fn parse_psk(text: &str) -> Result<HashMap<Vec<u8>, Vec<u8>>, (usize, &'static str)> {
+fn parse_psk(text: &str) -> Result<PskKeys, (usize, &'static str)> {
     let mut keys = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -248,7 +251,7 @@ fn parse_psk(text: &str) -> Result<HashMap<Vec<u8>, Vec<u8>>, (usize, &'static s
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);

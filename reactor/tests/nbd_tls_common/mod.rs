@@ -66,7 +66,9 @@ pub fn make_x509_dir(dir: &Path) -> PathBuf {
     let d = dir.join("x509");
     std::fs::create_dir_all(&d).expect("create x509 dir");
     run(openssl()
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
         .arg("-keyout")
         .arg(d.join("ca-key.pem"))
         .arg("-out")

@@ -3,9 +3,9 @@
 
 use super::{Daemon, ExportEntry};
 use crate::jsonrpc::RpcError;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_engine::volume::VolInfo;
-use serde::{Deserialize, Serialize};
 use sluice_reactor::nbd::{
     ExportInfo, ExportProvider, ListenSpec, NbdServer, NbdServerError, ServerConfig, TlsConfig,
     TlsCredentials, TlsServer,
@@ -103,9 +103,21 @@ impl NbdTlsParams {
         match (self.mode.as_str(), &self.dir, &self.psk_file) {
             ("x509", Some(d), None) => self.dir = Some(abs(d, "dir")?),
             ("psk", None, Some(f)) => self.psk_file = Some(abs(f, "psk_file")?),
-            ("x509", ..) => return Err(RpcError::invalid_params("tls mode x509 takes \"dir\" (and no \"psk_file\")")),
-            ("psk", ..) => return Err(RpcError::invalid_params("tls mode psk takes \"psk_file\" (and no \"dir\")")),
-            _ => return Err(RpcError::invalid_params("tls.mode must be \"x509\" or \"psk\"")),
+            ("x509", ..) => {
+                return Err(RpcError::invalid_params(
+                    "tls mode x509 takes \"dir\" (and no \"psk_file\")",
+                ))
+            }
+            ("psk", ..) => {
+                return Err(RpcError::invalid_params(
+                    "tls mode psk takes \"psk_file\" (and no \"dir\")",
+                ))
+            }
+            _ => {
+                return Err(RpcError::invalid_params(
+                    "tls.mode must be \"x509\" or \"psk\"",
+                ))
+            }
         }
         Ok(self)
     }
@@ -114,9 +126,16 @@ impl NbdTlsParams {
         let credentials = match (&self.dir, &self.psk_file) {
             (Some(dir), _) => TlsCredentials::X509 { dir: dir.clone() },
             (None, Some(file)) => TlsCredentials::Psk { file: file.clone() },
-            (None, None) => return Err(RpcError::invalid_params("tls needs \"dir\" or \"psk_file\"")),
+            (None, None) => {
+                return Err(RpcError::invalid_params(
+                    "tls needs \"dir\" or \"psk_file\"",
+                ))
+            }
         };
-        Ok(TlsConfig { credentials, required: self.required })
+        Ok(TlsConfig {
+            credentials,
+            required: self.required,
+        })
     }
 }
 
@@ -156,7 +175,11 @@ impl Daemon {
             ),
             None => None,
         };
-        let config = ServerConfig { tls, insecure, ..ServerConfig::default() };
+        let config = ServerConfig {
+            tls,
+            insecure,
+            ..ServerConfig::default()
+        };
         let server = NbdServer::start_with(&self.reactors.handle(), listen, provider, config)
             .map_err(|e| match e {
                 NbdServerError::Insecure(_) => RpcError::invalid_params(e),
