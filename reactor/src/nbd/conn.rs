@@ -55,15 +55,19 @@ use super::backend::{
     BackendError, ExportBackend, ExportProvider, ProviderCatalog, ReadSeg, ReadSegs,
 };
 use super::budget::MemoryBudget;
-use super::handshake::{Handshake, HandshakeState, Negotiated, BASE_ALLOCATION_CONTEXT_ID};
+use super::handshake::{
+    Handshake, HandshakeState, Negotiated, TlsPolicy, BASE_ALLOCATION_CONTEXT_ID,
+};
 use super::io_error_log;
 use super::proto::*;
 use super::server::ServerConfig;
 use super::session::{Action, Session};
+use super::tls::TlsServer;
 use super::transmission::{
     encode_block_status_reply, encode_error_reply, ok_reply, read_data_header, read_hole_chunk,
     Request, MAX_REPLY_HEADER_LEN,
 };
+use super::transport::Transport;
 use crate::executor::spawn_local;
 use crate::net::UringStream;
 use crate::ring::MAX_INLINE_HEADER;
@@ -107,6 +111,9 @@ pub enum ConnEnd {
     /// The provider could not open the negotiated export (removed while the
     /// client was negotiating).
     NoBackend(String),
+    /// The TLS handshake after STARTTLS failed (bad credentials, wrong
+    /// PSK, not TLS at all).
+    Tls(String),
 }
 
 // ---------------------------------------------------------------------------
@@ -208,7 +215,11 @@ pub(crate) async fn unless<F: Future>(latch: &Latch, f: F) -> Option<F::Output> 
 
 /// What the server keeps (weakly) to end a connection from outside.
 pub(crate) struct ConnCtl {
-    stream: UringStream,
+    /// The socket, or TLS over it once STARTTLS is done (`nbd/transport.rs`).
+    stream: Transport,
+    /// TLS credentials offered on this connection (TCP listeners of a
+    /// server started with TLS).
+    tls: Option<Arc<TlsServer>>,
     killed: Latch,
     /// While negotiating: when the handshake must be done. The server's
     /// per-reactor sweeper enforces it (one timer per reactor instead of a
@@ -221,11 +232,18 @@ pub(crate) struct ConnCtl {
 impl ConnCtl {
     pub(crate) fn new(stream: UringStream, handshake_deadline: Option<Instant>) -> Self {
         ConnCtl {
-            stream,
+            stream: Transport::new(stream),
+            tls: None,
             killed: Latch::default(),
             handshake_deadline: Cell::new(handshake_deadline),
             timed_out: Cell::new(false),
         }
+    }
+
+    /// Offer TLS with these credentials during the handshake.
+    pub(crate) fn with_tls(mut self, tls: Option<Arc<TlsServer>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Kill the connection if its handshake deadline has passed. Returns
@@ -499,7 +517,11 @@ async fn handshake_inner<P: ExportProvider + ?Sized>(
     on_negotiated: impl FnOnce(&Negotiated),
 ) -> Result<(Negotiated, Vec<u8>), ConnEnd> {
     let mut on_negotiated = Some(on_negotiated);
-    let mut hs = Handshake::new();
+    let mut hs = Handshake::with_tls(match &ctl.tls {
+        None => TlsPolicy::Off,
+        Some(t) if t.required() => TlsPolicy::Required,
+        Some(_) => TlsPolicy::Optional,
+    });
     send_bytes(ctl, &hs.greeting()).await?;
     let catalog = ProviderCatalog(provider);
     let mut input: Vec<u8> = Vec::new();
@@ -520,6 +542,19 @@ async fn handshake_inner<P: ExportProvider + ?Sized>(
         match hs.state() {
             HandshakeState::Done(n) => return Ok((n.clone(), input)),
             HandshakeState::Closed(_) => return Err(ConnEnd::Aborted),
+            // --- TLS: the STARTTLS ACK is out; what follows is TLS.
+            HandshakeState::StartTls => {
+                let tls = ctl.tls.as_deref().ok_or(ConnEnd::Killed)?;
+                match unless(&ctl.killed, ctl.stream.start_tls(tls, &input)).await {
+                    None => return Err(ConnEnd::Killed),
+                    Some(Err(e)) => return Err(ConnEnd::Tls(e.to_string())),
+                    Some(Ok(())) => {}
+                }
+                input.clear();
+                hs.tls_started();
+                continue;
+            }
+            // --- end TLS
             _ => {}
         }
         let mut b = rbuf.take().ok_or(ConnEnd::Killed)?;

@@ -20,8 +20,9 @@
 //! Supported options: `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`,
 //! `STRUCTURED_REPLY`, `EXTENDED_HEADERS` (which implies structured
 //! replies), `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the only context
-//! is `base:allocation`). Everything else, including `STARTTLS` (we run in
-//! NOTLS mode), gets `NBD_REP_ERR_UNSUP`.
+//! is `base:allocation`), and `STARTTLS` when the driver offers TLS
+//! ([`TlsPolicy`]; see `nbd/tls.rs`). Everything else gets
+//! `NBD_REP_ERR_UNSUP`.
 
 use super::proto::*;
 
@@ -108,6 +109,25 @@ pub enum CloseReason {
     ProtocolViolation,
 }
 
+// --- TLS (STARTTLS) ---------------------------------------------------------
+
+/// Whether, and how strictly, a handshake offers TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// No TLS (NOTLS mode): `STARTTLS` gets `NBD_REP_ERR_UNSUP`.
+    #[default]
+    Off,
+    /// TLS on request; plaintext haggling is allowed too.
+    Optional,
+    /// FORCEDTLS: before TLS is up, every option but `STARTTLS` and
+    /// `ABORT` gets `NBD_REP_ERR_TLS_REQD` (so not even export names are
+    /// revealed), and `EXPORT_NAME`, which cannot be answered with an
+    /// error, ends the connection.
+    Required,
+}
+
+// --- end TLS -------------------------------------------------------------------
+
 /// Where the handshake is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeState {
@@ -115,6 +135,12 @@ pub enum HandshakeState {
     AwaitingClientFlags,
     /// Option haggling.
     Haggling,
+    /// The client's `NBD_OPT_STARTTLS` was accepted and its ACK is in the
+    /// output. Send it, run the TLS handshake on the connection (the bytes
+    /// the client sends next are TLS records, so `feed` consumes nothing
+    /// meanwhile), then call [`Handshake::tls_started`] and keep feeding
+    /// the decrypted stream.
+    StartTls,
     /// Transmission phase entered (by `EXPORT_NAME` or a successful `GO`).
     /// Flush the output first: it ends with the final reply.
     Done(Negotiated),
@@ -134,6 +160,9 @@ struct MetaSelection {
 #[derive(Debug)]
 pub struct Handshake {
     state: HandshakeState,
+    /// TLS policy, and whether TLS is up.
+    tls: TlsPolicy,
+    tls_active: bool,
     no_zeroes: bool,
     structured: bool,
     extended: bool,
@@ -151,8 +180,15 @@ impl Default for Handshake {
 
 impl Handshake {
     pub fn new() -> Self {
+        Self::with_tls(TlsPolicy::Off)
+    }
+
+    /// A handshake that offers TLS according to `tls`.
+    pub fn with_tls(tls: TlsPolicy) -> Self {
         Handshake {
             state: HandshakeState::AwaitingClientFlags,
+            tls,
+            tls_active: false,
             no_zeroes: false,
             structured: false,
             extended: false,
@@ -183,6 +219,25 @@ impl Handshake {
 
     pub fn state(&self) -> &HandshakeState {
         &self.state
+    }
+
+    /// The driver finished the TLS handshake after
+    /// [`HandshakeState::StartTls`]: haggling resumes over TLS. Everything
+    /// negotiated before STARTTLS is forgotten (the spec has the client
+    /// negotiate structured replies and meta contexts again).
+    pub fn tls_started(&mut self) {
+        if self.state == HandshakeState::StartTls {
+            self.tls_active = true;
+            self.structured = false;
+            self.extended = false;
+            self.meta = None;
+            self.state = HandshakeState::Haggling;
+        }
+    }
+
+    /// True once TLS is up on this connection.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
     }
 
     /// The negotiated parameters once the state is `Done`.
@@ -272,7 +327,9 @@ impl Handshake {
                     pos += total;
                     self.handle_option(option, data, catalog)?;
                 }
-                HandshakeState::Done(_) | HandshakeState::Closed(_) => return Ok(pos),
+                HandshakeState::StartTls | HandshakeState::Done(_) | HandshakeState::Closed(_) => {
+                    return Ok(pos)
+                }
             }
         }
     }
@@ -288,6 +345,23 @@ impl Handshake {
         data: &[u8],
         catalog: &C,
     ) -> Result<(), ProtocolError> {
+        // --- TLS: FORCEDTLS refuses everything but STARTTLS/ABORT first.
+        if self.tls == TlsPolicy::Required
+            && !self.tls_active
+            && option != OPT_STARTTLS
+            && option != OPT_ABORT
+        {
+            if option == OPT_EXPORT_NAME {
+                return Err(self.fail(ProtocolError::TlsRequired));
+            }
+            self.error_reply(
+                option,
+                REP_ERR_TLS_REQD,
+                "this server requires TLS: send NBD_OPT_STARTTLS first (use an nbds:// URI)",
+            );
+            return Ok(());
+        }
+        // --- end TLS
         match option {
             OPT_EXPORT_NAME => return self.opt_export_name(data, catalog),
             OPT_ABORT => {
@@ -359,12 +433,24 @@ impl Handshake {
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                 self.opt_meta_context(option, data, catalog)
             }
-            OPT_STARTTLS => {
-                self.error_reply(option, REP_ERR_UNSUP, "TLS is not supported by this server")
-            }
+            OPT_STARTTLS => self.opt_starttls(option, data),
             _ => self.error_reply(option, REP_ERR_UNSUP, "option not supported"),
         }
         Ok(())
+    }
+
+    /// `NBD_OPT_STARTTLS` (TLS): ACK and hand over to the driver.
+    fn opt_starttls(&mut self, option: u32, data: &[u8]) {
+        if self.tls == TlsPolicy::Off {
+            self.error_reply(option, REP_ERR_UNSUP, "TLS is not enabled on this listener");
+        } else if !data.is_empty() {
+            self.error_reply(option, REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+        } else if self.tls_active {
+            self.error_reply(option, REP_ERR_INVALID, "TLS is already active");
+        } else {
+            self.reply(option, REP_ACK, &[]);
+            self.state = HandshakeState::StartTls;
+        }
     }
 
     fn opt_export_name<C: ExportCatalog + ?Sized>(
@@ -1299,5 +1385,90 @@ mod tests {
                 | FLAG_SEND_CACHE
                 | FLAG_SEND_DF
         );
+    }
+
+    // --- TLS (STARTTLS) -------------------------------------------------------
+
+    #[test]
+    fn tls_required_refuses_options_before_starttls_without_revealing_names() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Required);
+        let input = client(
+            FLAGS_BOTH,
+            &[
+                opt(OPT_LIST, &[]),
+                opt(OPT_STRUCTURED_REPLY, &[]),
+                opt(OPT_GO, &info_data("disk", &[])),
+            ],
+        );
+        assert_eq!(hs.feed(&input, &Catalog).unwrap(), input.len());
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!(reps.len(), 3);
+        for (r, o) in reps.iter().zip([OPT_LIST, OPT_STRUCTURED_REPLY, OPT_GO]) {
+            assert_eq!((r.0, r.1), (o, REP_ERR_TLS_REQD));
+            assert!(!String::from_utf8_lossy(&r.2).contains("disk"));
+        }
+        assert_eq!(*hs.state(), HandshakeState::Haggling);
+        // EXPORT_NAME cannot be refused with a reply: hang up.
+        let r = hs.feed(&opt(OPT_EXPORT_NAME, b"disk"), &Catalog);
+        assert_eq!(r, Err(ProtocolError::TlsRequired));
+    }
+
+    #[test]
+    fn starttls_hands_over_and_haggling_resumes_afresh() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Required);
+        let mut input = client(FLAGS_BOTH, &[opt(OPT_STARTTLS, &[])]);
+        let tls_start = input.len();
+        input.extend_from_slice(b"\x16\x03\x01 client hello bytes");
+        assert_eq!(hs.feed(&input, &Catalog).unwrap(), tls_start);
+        assert_eq!(*hs.state(), HandshakeState::StartTls);
+        assert_eq!(
+            parse_replies(&hs.take_output()),
+            vec![(OPT_STARTTLS, REP_ACK, vec![])]
+        );
+        // Nothing is parsed while the driver runs the TLS handshake.
+        assert_eq!(hs.feed(&input[tls_start..], &Catalog).unwrap(), 0);
+        hs.tls_started();
+        assert!(hs.tls_active());
+        let input = [
+            opt(OPT_STARTTLS, &[]),
+            opt(OPT_LIST, &[]),
+            opt(OPT_GO, &info_data("disk", &[])),
+        ]
+        .concat();
+        assert_eq!(hs.feed(&input, &Catalog).unwrap(), input.len());
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!((reps[0].0, reps[0].1), (OPT_STARTTLS, REP_ERR_INVALID));
+        assert!(reps.iter().any(|r| r.1 == REP_SERVER));
+        let n = hs.negotiated().expect("GO over TLS");
+        assert!(!n.structured_replies);
+    }
+
+    #[test]
+    fn starttls_state_from_before_tls_is_forgotten() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Optional);
+        let input = client(
+            FLAGS_BOTH,
+            &[opt(OPT_STRUCTURED_REPLY, &[]), opt(OPT_STARTTLS, &[])],
+        );
+        hs.feed(&input, &Catalog).unwrap();
+        assert_eq!(*hs.state(), HandshakeState::StartTls);
+        hs.tls_started();
+        hs.feed(&opt(OPT_GO, &info_data("disk", &[])), &Catalog)
+            .unwrap();
+        assert!(!hs.negotiated().expect("done").structured_replies);
+    }
+
+    #[test]
+    fn starttls_with_data_or_without_tls_is_refused() {
+        let mut hs = Handshake::with_tls(TlsPolicy::Optional);
+        let input = client(FLAGS_BOTH, &[opt(OPT_STARTTLS, b"x")]);
+        hs.feed(&input, &Catalog).unwrap();
+        let reps = parse_replies(&hs.take_output());
+        assert_eq!(reps[0].1, REP_ERR_INVALID);
+        assert_eq!(*hs.state(), HandshakeState::Haggling);
+
+        let (hs, _, out) = run(&client(FLAGS_BOTH, &[opt(OPT_STARTTLS, &[])]));
+        assert_eq!(parse_replies(&out)[0].1, REP_ERR_UNSUP);
+        assert_eq!(*hs.state(), HandshakeState::Haggling);
     }
 }

@@ -31,6 +31,9 @@
 //!   per request, serialized reply writer.
 //! * [`server`] — [`NbdServer`]: listeners, round-robin placement of
 //!   connections on reactors, connection registry, `stop`.
+//! * [`tls`] — TLS credentials (X.509 directory or PSK file) and the
+//!   sans-IO TLS session; `transport` — a connection's byte stream, plain
+//!   or switched to TLS after `NBD_OPT_STARTTLS`.
 //!
 //! A connection's life: send [`Handshake::greeting`]; loop `feed` /
 //! `take_output` until [`HandshakeState::Done`]; then loop
@@ -46,7 +49,9 @@ pub mod io_error_log;
 pub mod proto;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod transmission;
+mod transport;
 
 pub use backend::{BackendError, ExportBackend, ExportProvider, ReadSeg, ReadSegs};
 pub use conn::{ConnEnd, DIRECT_RECV_MIN};
@@ -56,10 +61,11 @@ pub use server::{ConnectionInfo, ListenSpec, NbdServer, NbdServerError, ServerCo
 pub use budget::MemoryBudget;
 pub use handshake::{
     transmission_flags, CloseReason, ExportCatalog, ExportInfo, Handshake, HandshakeState,
-    Negotiated, BASE_ALLOCATION_CONTEXT_ID,
+    Negotiated, TlsPolicy, BASE_ALLOCATION_CONTEXT_ID,
 };
 pub use proto::{Command, Errno, ProtocolError};
 pub use session::{Action, Session};
+pub use tls::{TlsConfig, TlsCredentials, TlsError, TlsServer};
 pub use transmission::{
     encode_block_status, encode_block_status_reply, encode_chunk_header, encode_error_chunk,
     encode_error_offset_chunk, encode_error_reply, encode_none, encode_offset_data,

@@ -328,6 +328,10 @@ pub enum ProtocolError {
     /// hanging up.
     #[error("NBD_OPT_EXPORT_NAME asked for unknown export {0:?}")]
     UnknownExport(String),
+    /// `NBD_OPT_EXPORT_NAME` before STARTTLS on a server that requires
+    /// TLS: it cannot be refused with an error reply, only by hanging up.
+    #[error("NBD_OPT_EXPORT_NAME sent before TLS on a server that requires TLS")]
+    TlsRequired,
     /// A request did not start with `NBD_REQUEST_MAGIC`.
     #[error("bad request magic {0:#010x}")]
     BadRequestMagic(u32),

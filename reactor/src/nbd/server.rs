@@ -6,6 +6,11 @@
 //! connections (for counts, per-export disconnects and `stop`), and
 //! [`NbdServer::stop`]. What happens on a connection is in `nbd/conn.rs`.
 //!
+//! TLS ([`ServerConfig::tls`]) is offered on the TCP listeners; the Unix
+//! socket stays plain (its file permissions are its access control). A TCP
+//! listener on a non-loopback address is refused unless TLS is required
+//! there or [`ServerConfig::insecure`] says plaintext exposure is wanted.
+//!
 //! Placement: listener `i` accepts on reactor `i % n`. Each accepted socket
 //! goes to the next reactor in round-robin order; when that is another
 //! reactor the descriptor travels in a message (a `dup` of it — the
@@ -21,6 +26,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -32,6 +38,7 @@ use std::time::{Duration, Instant};
 use super::backend::ExportProvider;
 use super::budget::MemoryBudget;
 use super::conn::{run_connection, unless, ConnCtl, ConnEnd, Latch};
+use super::tls::TlsServer;
 use crate::error::{CallError, SendError};
 use crate::executor::spawn_local;
 use crate::net::{ListenAddr, UringListener, UringStream};
@@ -44,8 +51,8 @@ pub enum ListenSpec {
     /// removed first; a live one or a non-socket file is an error.
     Unix(PathBuf),
     /// A TCP address such as `127.0.0.1:10809` (port 0 picks one; see
-    /// [`NbdServer::local_addrs`]). Any address is accepted: exposing the
-    /// server beyond loopback is the caller's decision.
+    /// [`NbdServer::local_addrs`]). Beyond loopback it needs required TLS
+    /// or [`ServerConfig::insecure`].
     Tcp(String),
 }
 
@@ -80,6 +87,11 @@ pub struct ServerConfig {
     pub block_status_max: u32,
     /// How long [`NbdServer::stop`] waits for connections to finish.
     pub stop_timeout: Duration,
+    /// TLS credentials offered (or required) on the TCP listeners.
+    pub tls: Option<Arc<TlsServer>>,
+    /// Allow a TCP listener on a non-loopback address without required
+    /// TLS (anyone who can reach it can read and write the exports).
+    pub insecure: bool,
 }
 
 /// Default [`ServerConfig::memory_budget`]: 256 MiB.
@@ -96,6 +108,8 @@ impl Default for ServerConfig {
             handshake_timeout: Some(Duration::from_secs(30)),
             block_status_max: 1 << 30,
             stop_timeout: Duration::from_secs(10),
+            tls: None,
+            insecure: false,
         }
     }
 }
@@ -119,6 +133,11 @@ pub enum NbdServerError {
     SocketInUse(PathBuf),
     #[error("cannot start the accept loop: {0}")]
     Reactor(#[from] CallError),
+    #[error(
+        "refusing to serve NBD on {0} without TLS: it is not a loopback address \
+         (configure required TLS, or pass insecure to allow plaintext)"
+    )]
+    Insecure(SocketAddr),
 }
 
 impl From<SendError> for NbdServerError {
@@ -305,6 +324,18 @@ impl NbdServer {
         let mut bound = Vec::with_capacity(listeners.len());
         for spec in &listeners {
             bound.push(bind(spec)?);
+        }
+        // Checked on the bound address, so names and 0.0.0.0 are judged
+        // by what the socket really listens on.
+        let tls_required = config.tls.as_ref().is_some_and(|t| t.required());
+        if !tls_required && !config.insecure {
+            for l in &bound {
+                if let ListenAddr::Tcp(a) = l.local_addr() {
+                    if !a.ip().is_loopback() {
+                        return Err(NbdServerError::Insecure(*a));
+                    }
+                }
+            }
         }
         let core = Arc::new(Core {
             id: NEXT_SERVER.fetch_add(1, Ordering::Relaxed),
@@ -562,7 +593,12 @@ fn start_acceptor<P: ExportProvider>(
     let ctl = Rc::new(AcceptorCtl::default());
     let key = (core.id, index);
     with_local(|l| l.acceptors.insert(key, Rc::downgrade(&ctl)));
-    spawn_local(accept_loop(listener, ctl, core, provider, reactors)).detach();
+    // TLS is offered on TCP only.
+    let tls = match listener.local_addr() {
+        ListenAddr::Tcp(_) => core.config.tls.clone(),
+        ListenAddr::Unix(_) => None,
+    };
+    spawn_local(accept_loop(listener, ctl, core, provider, reactors, tls)).detach();
 }
 
 async fn accept_loop<P: ExportProvider>(
@@ -571,11 +607,12 @@ async fn accept_loop<P: ExportProvider>(
     core: Arc<Core>,
     provider: Arc<P>,
     reactors: ReactorsHandle,
+    tls: Option<Arc<TlsServer>>,
 ) {
     loop {
         match unless(&ctl.stop, listener.accept()).await {
             None => break,
-            Some(Ok(stream)) => place(stream, &core, &provider, &reactors),
+            Some(Ok(stream)) => place(stream, &core, &provider, &reactors, &tls),
             Some(Err(e)) => {
                 let transient = matches!(
                     e.raw_os_error(),
@@ -603,22 +640,24 @@ fn place<P: ExportProvider>(
     core: &Arc<Core>,
     provider: &Arc<P>,
     reactors: &ReactorsHandle,
+    tls: &Option<Arc<TlsServer>>,
 ) {
     let target = core.rr.fetch_add(1, Ordering::Relaxed) % reactors.len();
     let here = current().map(|c| c.index);
     if here != Some(target) {
         if let Ok(fd) = dup_fd(&stream) {
             drop(stream);
-            let (core, provider) = (core.clone(), provider.clone());
+            let (core, provider, tls) = (core.clone(), provider.clone(), tls.clone());
             // If the target is stopped the message, and with it the
             // descriptor, is dropped: the client sees the socket close.
             let _ = reactors.send(target, move || {
-                start_connection(UringStream::from_fd(fd), core, provider, target)
+                start_connection(UringStream::from_fd(fd), core, provider, target, tls)
             });
             return;
         }
     }
-    start_connection(stream, core.clone(), provider.clone(), here.unwrap_or(0));
+    let (core, provider, tls) = (core.clone(), provider.clone(), tls.clone());
+    start_connection(stream, core, provider, here.unwrap_or(0), tls);
 }
 
 fn dup_fd(s: &UringStream) -> io::Result<OwnedFd> {
@@ -638,12 +677,13 @@ fn start_connection<P: ExportProvider>(
     core: Arc<Core>,
     provider: Arc<P>,
     reactor: usize,
+    tls: Option<Arc<TlsServer>>,
 ) {
     let Some(id) = core.register(reactor) else {
         return; // stopping: dropping the stream closes it
     };
     let timeout = core.config.handshake_timeout;
-    let ctl = Rc::new(ConnCtl::new(stream, timeout.map(|t| Instant::now() + t)));
+    let ctl = Rc::new(ConnCtl::new(stream, timeout.map(|t| Instant::now() + t)).with_tls(tls));
     with_local(|l| l.conns.insert((core.id, id), Rc::downgrade(&ctl)));
     if let Some(t) = timeout {
         ensure_sweeper(core.id, t);

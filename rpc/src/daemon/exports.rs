@@ -4,9 +4,13 @@
 use super::{lock, Daemon, ExportEntry};
 use crate::jsonrpc::RpcError;
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_engine::volume::VolInfo;
-use sluice_reactor::nbd::{ExportInfo, ExportProvider, ListenSpec, NbdServer};
+use sluice_reactor::nbd::{
+    ExportInfo, ExportProvider, ListenSpec, NbdServer, NbdServerError, ServerConfig, TlsConfig,
+    TlsCredentials, TlsServer,
+};
 use sluice_reactor::volume_export::VolumeBackend;
 use sluice_reactor::PoolHost;
 use std::collections::BTreeMap;
@@ -89,6 +93,76 @@ impl NbdState {
             a.push(format!("tcp:{t}"));
         }
         a.join(", ")
+    }
+}
+
+/// The `tls` parameter of `nbd_server_start` (saved as given, with
+/// absolute paths).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NbdTlsParams {
+    /// `"x509"` or `"psk"`.
+    pub mode: String,
+    /// x509: directory with server-cert.pem, server-key.pem and optionally
+    /// ca-cert.pem (client certificates then required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// psk: file of `username:hexkey` lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk_file: Option<PathBuf>,
+    /// Refuse plaintext option haggling (default true).
+    #[serde(default = "yes")]
+    pub required: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl NbdTlsParams {
+    /// Check the shape and make the paths absolute (the saved config is
+    /// replayed from another working directory).
+    pub fn resolved(mut self) -> Result<Self, RpcError> {
+        let abs = |p: &PathBuf, what: &str| {
+            std::fs::canonicalize(p)
+                .map_err(|e| RpcError::invalid_params(format!("tls.{what} {}: {e}", p.display())))
+        };
+        match (self.mode.as_str(), &self.dir, &self.psk_file) {
+            ("x509", Some(d), None) => self.dir = Some(abs(d, "dir")?),
+            ("psk", None, Some(f)) => self.psk_file = Some(abs(f, "psk_file")?),
+            ("x509", ..) => {
+                return Err(RpcError::invalid_params(
+                    "tls mode x509 takes \"dir\" (and no \"psk_file\")",
+                ))
+            }
+            ("psk", ..) => {
+                return Err(RpcError::invalid_params(
+                    "tls mode psk takes \"psk_file\" (and no \"dir\")",
+                ))
+            }
+            _ => {
+                return Err(RpcError::invalid_params(
+                    "tls.mode must be \"x509\" or \"psk\"",
+                ))
+            }
+        }
+        Ok(self)
+    }
+
+    fn config(&self) -> Result<TlsConfig, RpcError> {
+        let credentials = match (&self.dir, &self.psk_file) {
+            (Some(dir), _) => TlsCredentials::X509 { dir: dir.clone() },
+            (None, Some(file)) => TlsCredentials::Psk { file: file.clone() },
+            (None, None) => {
+                return Err(RpcError::invalid_params(
+                    "tls needs \"dir\" or \"psk_file\"",
+                ))
+            }
+        };
+        Ok(TlsConfig {
+            credentials,
+            required: self.required,
+        })
     }
 }
 
@@ -182,7 +256,13 @@ impl Daemon {
             .collect()
     }
 
-    pub fn nbd_start(&self, unix: Option<PathBuf>, tcp: Option<String>) -> Result<Value, RpcError> {
+    pub fn nbd_start(
+        &self,
+        unix: Option<PathBuf>,
+        tcp: Option<String>,
+        tls: Option<&NbdTlsParams>,
+        insecure: bool,
+    ) -> Result<Value, RpcError> {
         let mut g = lock(&self.nbd)?;
         if g.is_some() {
             return Err(RpcError::exists("the NBD server is already running"));
@@ -200,8 +280,23 @@ impl Daemon {
         let provider = Arc::new(Provider {
             table: self.export_table.clone(),
         });
-        let server = NbdServer::start(&self.reactors.handle(), listen, provider)
-            .map_err(|e| RpcError::io(format!("NBD server: {e}")))?;
+        let tls = match tls {
+            Some(t) => Some(
+                TlsServer::load(&t.config()?)
+                    .map_err(|e| RpcError::invalid_params(format!("tls: {e}")))?,
+            ),
+            None => None,
+        };
+        let config = ServerConfig {
+            tls,
+            insecure,
+            ..ServerConfig::default()
+        };
+        let server = NbdServer::start_with(&self.reactors.handle(), listen, provider, config)
+            .map_err(|e| match e {
+                NbdServerError::Insecure(_) => RpcError::invalid_params(e),
+                e => RpcError::io(format!("NBD server: {e}")),
+            })?;
         let st = NbdState {
             server,
             unix: unix.clone(),

@@ -111,6 +111,9 @@ struct VolumeReadOnly {
 struct NbdStart {
     unix: Option<PathBuf>,
     tcp: Option<String>,
+    tls: Option<super::exports::NbdTlsParams>,
+    #[serde(default)]
+    insecure: bool,
 }
 
 #[derive(Deserialize)]
@@ -413,8 +416,9 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
     let dd = d.clone();
     register_change(reg, "nbd_server_start", move |p: NbdStart| {
         let unix = p.unix.unwrap_or_else(|| dd.opts.data_dir.join("nbd.sock"));
-        let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone())?;
-        dd.journal_nbd(Some(json!({"unix": unix, "tcp": p.tcp})));
+        let tls = p.tls.map(|t| t.resolved()).transpose()?;
+        let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone(), tls.as_ref(), p.insecure)?;
+        dd.journal_nbd(Some(json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure})));
         Ok(out)
     });
 
