@@ -418,7 +418,9 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         let unix = p.unix.unwrap_or_else(|| dd.opts.data_dir.join("nbd.sock"));
         let tls = p.tls.map(|t| t.resolved()).transpose()?;
         let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone(), tls.as_ref(), p.insecure)?;
-        dd.journal_nbd(Some(json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure})));
+        dd.journal_nbd(Some(
+            json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure}),
+        ));
         Ok(out)
     });
 
