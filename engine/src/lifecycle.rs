@@ -2,7 +2,7 @@
 //! interrupted delete at open), resize, block status, usage, check, flush
 //! and checkpoint of a whole pool.
 //!
-//! Every function takes the pool's catalog ([`PoolMeta`]) and its zones
+//! Every function takes the pool's catalog ([`PoolCatalog`]) and its zones
 //! through [`Zones`], so the same code runs in [`crate::Pool`] (every zone on
 //! one thread, under the crash simulator) and in the daemon (zones spread
 //! over reactors; the functions run on the reactor that owns the catalog).
@@ -13,7 +13,7 @@ use crate::buf::BLOCK_SIZE;
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::format::{Catalog, Compression, Geometry, VolumeEntry, VOL_DELETING};
-use crate::pool_meta::PoolMeta;
+use crate::pool_catalog::PoolCatalog;
 use crate::volume::{check_size, VolInfo};
 use crate::zone::{Problem, ZoneStats};
 use crate::zones::{ZoneOp, ZoneOut, ZoneUsage, Zones};
@@ -82,7 +82,7 @@ impl PoolUsage {
 /// Add a volume. Only the catalog changes: zones learn of a volume from
 /// its first write.
 pub async fn create_volume<D: BlockDev>(
-    meta: &PoolMeta<D>,
+    meta: &PoolCatalog<D>,
     name: &str,
     size: u64,
     chunk_size: u64,
@@ -95,7 +95,7 @@ pub async fn create_volume<D: BlockDev>(
 
 /// Rename a volume (catalog only: zones know volumes by id).
 pub async fn rename_volume<D: BlockDev>(
-    meta: &PoolMeta<D>,
+    meta: &PoolCatalog<D>,
     name: &str,
     new_name: &str,
 ) -> Result<VolumeEntry> {
@@ -106,7 +106,7 @@ pub async fn rename_volume<D: BlockDev>(
 /// Set a volume's read-only flag (catalog only: the data path checks the
 /// flag it is handed by the host, see the reactor's volume export).
 pub async fn set_read_only<D: BlockDev>(
-    meta: &PoolMeta<D>,
+    meta: &PoolCatalog<D>,
     name: &str,
     read_only: bool,
 ) -> Result<VolumeEntry> {
@@ -118,7 +118,7 @@ pub async fn set_read_only<D: BlockDev>(
 /// zone and make that durable, then drop the catalog entry. A crash in
 /// between leaves it marked; [`finish_deletes`] completes it at open.
 pub async fn delete_volume<D: BlockDev, Z: Zones>(
-    meta: &PoolMeta<D>,
+    meta: &PoolCatalog<D>,
     zones: &Z,
     name: &str,
 ) -> Result<()> {
@@ -133,7 +133,7 @@ pub async fn delete_volume<D: BlockDev, Z: Zones>(
 }
 
 /// Finish every delete a crash interrupted (at open).
-pub async fn finish_deletes<D: BlockDev, Z: Zones>(meta: &PoolMeta<D>, zones: &Z) -> Result<()> {
+pub async fn finish_deletes<D: BlockDev, Z: Zones>(meta: &PoolCatalog<D>, zones: &Z) -> Result<()> {
     let _g = meta.lock_changes().await;
     let dying: Vec<u32> = meta
         .catalog()
@@ -149,7 +149,7 @@ pub async fn finish_deletes<D: BlockDev, Z: Zones>(meta: &PoolMeta<D>, zones: &Z
 }
 
 async fn finish_delete<D: BlockDev, Z: Zones>(
-    meta: &PoolMeta<D>,
+    meta: &PoolCatalog<D>,
     zones: &Z,
     id: u32,
 ) -> Result<()> {
@@ -175,7 +175,7 @@ async fn finish_delete<D: BlockDev, Z: Zones>(
 /// write never lets a zone accept writes past the size on disk. Growing
 /// reads zeros past the old end: a shrink left nothing there.
 pub async fn resize_volume<D: BlockDev, Z: Zones>(
-    meta: &PoolMeta<D>,
+    meta: &PoolCatalog<D>,
     zones: &Z,
     name: &str,
     size: u64,

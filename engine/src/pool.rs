@@ -10,7 +10,7 @@ use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::format::{Compression, Geometry, VolumeEntry};
 use crate::lifecycle::{self, PoolUsage};
-use crate::pool_meta::PoolMeta;
+use crate::pool_catalog::PoolCatalog;
 use crate::volume::VolInfo;
 use crate::zone::{Problem, Zone, ZoneConfig};
 use crate::zones::{zone_usage, ZoneOp, ZoneOut, Zones};
@@ -35,7 +35,7 @@ impl Default for PoolOptions {
 
 /// A pool with all zones on this thread.
 pub struct Pool<D: BlockDev> {
-    pub meta: PoolMeta<D>,
+    pub catalog: PoolCatalog<D>,
     zones: Vec<Zone<D>>,
 }
 
@@ -53,26 +53,26 @@ impl<D: BlockDev> Pool<D> {
 
     /// Format with a given UUID (deterministic tests).
     pub async fn format_with_uuid(dev: Rc<D>, opts: &PoolOptions, uuid: [u8; 16]) -> Result<Self> {
-        let meta = PoolMeta::format(dev.clone(), opts.zone_size, uuid).await?;
-        let geo = Rc::new(meta.header.geo.clone());
+        let catalog = PoolCatalog::format(dev.clone(), opts.zone_size, uuid).await?;
+        let geo = Rc::new(catalog.header.geo.clone());
         let mut zones = Vec::with_capacity(geo.nzones as usize);
         for z in 0..geo.nzones {
             zones.push(Zone::format(dev.clone(), geo.clone(), z, opts.zone.clone()).await?);
         }
-        Ok(Pool { meta, zones })
+        Ok(Pool { catalog, zones })
     }
 
     /// Open a pool: header, catalog, every zone (with log replay), then
     /// finish any volume deletion a crash interrupted.
     pub async fn open(dev: Rc<D>, opts: &PoolOptions) -> Result<Self> {
-        let meta = PoolMeta::open(dev.clone()).await?;
-        let geo = Rc::new(meta.header.geo.clone());
+        let catalog = PoolCatalog::open(dev.clone()).await?;
+        let geo = Rc::new(catalog.header.geo.clone());
         let mut zones = Vec::with_capacity(geo.nzones as usize);
         for z in 0..geo.nzones {
             zones.push(Zone::open(dev.clone(), geo.clone(), z, opts.zone.clone()).await?);
         }
-        let pool = Pool { meta, zones };
-        lifecycle::finish_deletes(&pool.meta, &pool).await?;
+        let pool = Pool { catalog, zones };
+        lifecycle::finish_deletes(&pool.catalog, &pool).await?;
         Ok(pool)
     }
 
@@ -81,11 +81,11 @@ impl<D: BlockDev> Pool<D> {
     }
 
     pub fn geometry(&self) -> &Geometry {
-        self.meta.geometry()
+        self.catalog.geometry()
     }
 
     pub fn volumes(&self) -> Vec<VolumeEntry> {
-        self.meta
+        self.catalog
             .catalog()
             .volumes
             .into_iter()
@@ -94,7 +94,7 @@ impl<D: BlockDev> Pool<D> {
     }
 
     pub fn volume(&self, name: &str) -> Result<VolInfo> {
-        Ok(VolInfo::from_entry(&self.meta.volume(name)?))
+        Ok(VolInfo::from_entry(&self.catalog.volume(name)?))
     }
 
     pub async fn create_volume(
@@ -104,17 +104,18 @@ impl<D: BlockDev> Pool<D> {
         chunk_size: u64,
         compression: Compression,
     ) -> Result<VolInfo> {
-        let e = lifecycle::create_volume(&self.meta, name, size, chunk_size, compression).await?;
+        let e =
+            lifecycle::create_volume(&self.catalog, name, size, chunk_size, compression).await?;
         Ok(VolInfo::from_entry(&e))
     }
 
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
-        lifecycle::delete_volume(&self.meta, self, name).await
+        lifecycle::delete_volume(&self.catalog, self, name).await
     }
 
     /// Grow or shrink a volume ([`lifecycle::resize_volume`]).
     pub async fn resize_volume(&self, name: &str, size: u64) -> Result<VolInfo> {
-        let e = lifecycle::resize_volume(&self.meta, self, name, size).await?;
+        let e = lifecycle::resize_volume(&self.catalog, self, name, size).await?;
         Ok(VolInfo::from_entry(&e))
     }
 
@@ -178,7 +179,7 @@ impl<D: BlockDev> Pool<D> {
 
     /// Scrub every zone; `deep` also reads and verifies every chunk.
     pub async fn check(&self, deep: bool) -> Result<Vec<Problem>> {
-        lifecycle::check(&self.meta.catalog(), self, deep).await
+        lifecycle::check(&self.catalog.catalog(), self, deep).await
     }
 }
 

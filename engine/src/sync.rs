@@ -76,9 +76,9 @@ impl LockState {
     }
 }
 
-/// Where a lock's state lives: one per key in a map (the keyed lock) or a
-/// single cell (the mutex). The acquire/release logic is written once over it.
-trait Slot {
+/// The lock states a lock keeps: one per key in a map (the keyed lock) or a
+/// single one (the mutex). The acquire/release logic is written once over it.
+trait LockStates {
     type Key: Copy;
     /// Run `f` on the state of `key`, created idle if missing.
     fn with<R>(&self, key: Self::Key, f: impl FnOnce(&mut LockState) -> R) -> R;
@@ -89,8 +89,8 @@ trait Slot {
 /// Take the lock on `key`. Uncontended (the common case on the I/O path):
 /// no allocation and no waker. Contended: queue a waiter and sleep until
 /// [`LockState::grant`] hands the lock over.
-async fn acquire<S: Slot>(slot: &S, key: S::Key, write: bool) -> Held<'_, S> {
-    let granted = slot.with(key, |st| {
+async fn acquire<S: LockStates>(locks: &S, key: S::Key, write: bool) -> Held<'_, S> {
+    let granted = locks.with(key, |st| {
         if st.try_take(write) {
             return None;
         }
@@ -104,7 +104,7 @@ async fn acquire<S: Slot>(slot: &S, key: S::Key, write: bool) -> Held<'_, S> {
     });
     if let Some(granted) = granted {
         let mut pending = Pending {
-            slot,
+            locks,
             key,
             granted: granted.clone(),
             write,
@@ -114,7 +114,7 @@ async fn acquire<S: Slot>(slot: &S, key: S::Key, write: bool) -> Held<'_, S> {
             if granted.get() {
                 return Poll::Ready(());
             }
-            slot.update(key, |st| {
+            locks.update(key, |st| {
                 for w in st.queue.iter_mut() {
                     if Rc::ptr_eq(&w.granted, &granted) {
                         w.waker = Some(cx.waker().clone());
@@ -126,39 +126,39 @@ async fn acquire<S: Slot>(slot: &S, key: S::Key, write: bool) -> Held<'_, S> {
         .await;
         pending.done = true;
     }
-    Held { slot, key, write }
+    Held { locks, key, write }
 }
 
 /// A held lock; releases on drop.
-struct Held<'a, S: Slot> {
-    slot: &'a S,
+struct Held<'a, S: LockStates> {
+    locks: &'a S,
     key: S::Key,
     write: bool,
 }
 
-impl<S: Slot> Drop for Held<'_, S> {
+impl<S: LockStates> Drop for Held<'_, S> {
     fn drop(&mut self) {
         let write = self.write;
-        self.slot.update(self.key, |st| st.unlock(write));
+        self.locks.update(self.key, |st| st.unlock(write));
     }
 }
 
 /// Cleans up a waiter whose future was dropped before or after being granted.
-struct Pending<'a, S: Slot> {
-    slot: &'a S,
+struct Pending<'a, S: LockStates> {
+    locks: &'a S,
     key: S::Key,
     granted: Rc<Cell<bool>>,
     write: bool,
     done: bool,
 }
 
-impl<S: Slot> Drop for Pending<'_, S> {
+impl<S: LockStates> Drop for Pending<'_, S> {
     fn drop(&mut self) {
         if self.done {
             return;
         }
         let (granted, write) = (&self.granted, self.write);
-        self.slot.update(self.key, |st| {
+        self.locks.update(self.key, |st| {
             if granted.get() {
                 st.unlock(write);
             } else {
@@ -183,7 +183,7 @@ impl<K: Hash + Eq + Copy> Default for KeyedRwLock<K> {
     }
 }
 
-impl<K: Hash + Eq + Copy> Slot for KeyedRwLock<K> {
+impl<K: Hash + Eq + Copy> LockStates for KeyedRwLock<K> {
     type Key = K;
     fn with<R>(&self, key: K, f: impl FnOnce(&mut LockState) -> R) -> R {
         f(self.map.borrow_mut().entry(key).or_default())
@@ -229,7 +229,7 @@ pub struct LocalMutex {
     state: RefCell<LockState>,
 }
 
-impl Slot for LocalMutex {
+impl LockStates for LocalMutex {
     type Key = ();
     fn with<R>(&self, _: (), f: impl FnOnce(&mut LockState) -> R) -> R {
         f(&mut self.state.borrow_mut())

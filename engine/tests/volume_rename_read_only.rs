@@ -3,7 +3,7 @@
 
 use sluice_engine::dev::MemDev;
 use sluice_engine::lifecycle;
-use sluice_engine::pool_meta::PoolMeta;
+use sluice_engine::pool_catalog::PoolCatalog;
 use sluice_engine::{Compression, Error};
 use std::rc::Rc;
 
@@ -11,7 +11,7 @@ use std::rc::Rc;
 fn rename_and_read_only_persist_and_check_names() {
     futures::executor::block_on(async {
         let dev = Rc::new(MemDev::new(512 << 20));
-        let m = PoolMeta::format(dev.clone(), 128 << 20, [3; 16])
+        let m = PoolCatalog::format(dev.clone(), 128 << 20, [3; 16])
             .await
             .unwrap();
         let a = m
@@ -50,14 +50,14 @@ fn rename_and_read_only_persist_and_check_names() {
         ));
         drop(m);
 
-        let m = PoolMeta::open(dev.clone()).await.unwrap();
+        let m = PoolCatalog::open(dev.clone()).await.unwrap();
         assert_eq!(m.volume("c").unwrap().id, a.id);
         assert!(m.volume("a").is_err());
         assert!(m.volume("b").unwrap().read_only());
         let rw = lifecycle::set_read_only(&m, "b", false).await.unwrap();
         assert!(!rw.read_only());
         drop(m);
-        let m = PoolMeta::open(dev).await.unwrap();
+        let m = PoolCatalog::open(dev).await.unwrap();
         assert!(!m.volume("b").unwrap().read_only());
     });
 }

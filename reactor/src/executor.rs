@@ -41,7 +41,7 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     static THREAD_TOKEN: u64 = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
-    static CURRENT: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+    static CURRENT: RefCell<Option<Arc<RunQueue>>> = const { RefCell::new(None) };
 }
 
 /// A per-thread id that, unlike `ThreadId`, is cheap to read. 0 if the
@@ -50,8 +50,9 @@ fn thread_token() -> u64 {
     THREAD_TOKEN.try_with(|t| *t).unwrap_or(0)
 }
 
-/// State shared by an executor and every waker of its tasks.
-struct Shared {
+/// The run queue of one executor (tasks woken on its thread, and wakes from
+/// other threads), shared with every waker of its tasks.
+struct RunQueue {
     owner: u64,
     /// Only touched on the owner thread (checked through `owner`).
     local: RefCell<VecDeque<Runnable>>,
@@ -63,12 +64,12 @@ struct Shared {
 
 // SAFETY: `local` (the only !Sync field) is accessed exclusively by the
 // thread whose token is `owner`; every access site checks that first.
-unsafe impl Sync for Shared {}
+unsafe impl Sync for RunQueue {}
 // SAFETY: Runnable is Send, and a `local` left non-empty when the last Arc
 // goes away on another thread is leaked (see Drop), never touched there.
-unsafe impl Send for Shared {}
+unsafe impl Send for RunQueue {}
 
-impl Shared {
+impl RunQueue {
     fn schedule(&self, r: Runnable) {
         if thread_token() == self.owner {
             // Even when closed: the owner's shutdown drains and drops these.
@@ -84,7 +85,7 @@ impl Shared {
     }
 }
 
-impl Drop for Shared {
+impl Drop for RunQueue {
     fn drop(&mut self) {
         let mine = thread_token() == self.owner;
         while let Some(r) = self.remote.pop() {
@@ -105,13 +106,13 @@ impl Drop for Shared {
 /// The executor of the current thread. Created by the runtime (a reactor
 /// or `block_on`), not directly.
 pub struct Executor {
-    shared: Arc<Shared>,
+    shared: Arc<RunQueue>,
 }
 
 impl Executor {
     /// Create an executor owned by this thread and make it current.
     pub(crate) fn install(notifier: Arc<Notifier>) -> Result<Executor, crate::Error> {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(RunQueue {
             owner: thread_token(),
             local: RefCell::new(VecDeque::with_capacity(1024)),
             remote: SegQueue::new(),

@@ -85,8 +85,10 @@ struct ReplySlot<Out> {
     abandoned: bool,
 }
 
-/// One reactor's end of the forwarding: its requests' slots, its workers.
-pub(crate) struct Local<S: Service> {
+/// One reactor's end of every lane it is part of: as requester, the reply
+/// slots of its forwarded calls; as owner, the workers serving what others
+/// forward to it; and the poller that drains both directions.
+pub(crate) struct LaneEnd<S: Service> {
     me: usize,
     lanes: Arc<Lanes<S::Op, S::Out>>,
     service: S,
@@ -95,15 +97,15 @@ pub(crate) struct Local<S: Service> {
     /// Requests outstanding towards each owner.
     outstanding: Box<[Cell<usize>]>,
     workers: WorkerPool<(usize, Request<S::Op>)>,
-    this: Weak<Local<S>>,
+    this: Weak<LaneEnd<S>>,
     poller: Cell<Option<u64>>,
 }
 
-impl<S: Service> Local<S> {
+impl<S: Service> LaneEnd<S> {
     /// Set up reactor `me`'s end and register its poller (on that reactor).
     pub(crate) fn install(me: usize, lanes: Arc<Lanes<S::Op, S::Out>>, service: S) -> Rc<Self> {
         let n = lanes.n;
-        let local = Rc::new_cyclic(|this| Local {
+        let end = Rc::new_cyclic(|this| LaneEnd {
             me,
             lanes,
             service,
@@ -114,9 +116,9 @@ impl<S: Service> Local<S> {
             this: this.clone(),
             poller: Cell::new(None),
         });
-        let p: Rc<dyn Poller> = local.clone();
-        local.poller.set(Some(add_poller(p)));
-        local
+        let p: Rc<dyn Poller> = end.clone();
+        end.poller.set(Some(add_poller(p)));
+        end
     }
 
     /// Stop polling and let the workers exit (pool closed on this reactor).
@@ -143,7 +145,7 @@ impl<S: Service> Local<S> {
         self.lanes.reactors.notify(to);
         // Frees the slot when done, or marks it abandoned if dropped early.
         let mut wait = Waiting {
-            local: self,
+            end: self,
             slot,
             done: false,
         };
@@ -201,19 +203,19 @@ impl<S: Service> Local<S> {
 /// dropped after the reply landed); marked abandoned if the call is dropped
 /// before, so the reply frees it.
 struct Waiting<'a, S: Service> {
-    local: &'a Local<S>,
+    end: &'a LaneEnd<S>,
     slot: u32,
     done: bool,
 }
 
 impl<S: Service> Drop for Waiting<'_, S> {
     fn drop(&mut self) {
-        let mut slots = self.local.slots.borrow_mut();
+        let mut slots = self.end.slots.borrow_mut();
         let s = &mut slots[self.slot as usize];
         s.waker = None;
         if self.done || s.out.take().is_some() {
             drop(slots);
-            self.local.free.borrow_mut().push(self.slot);
+            self.end.free.borrow_mut().push(self.slot);
         } else {
             s.abandoned = true;
         }
@@ -221,21 +223,21 @@ impl<S: Service> Drop for Waiting<'_, S> {
 }
 
 /// A worker of the owner side: serve, reply, wake the requester.
-async fn worker<S: Service>(local: Rc<Local<S>>, i: usize) {
-    while let Some((from, r)) = local.workers.next(i).await {
-        let out = local.service.serve(r.target, r.op).await;
+async fn worker<S: Service>(end: Rc<LaneEnd<S>>, i: usize) {
+    while let Some((from, r)) = end.workers.next(i).await {
+        let out = end.service.serve(r.target, r.op).await;
         // Room is guaranteed: the requester bounds what it has outstanding
         // by the queue's capacity.
-        let _ = local
+        let _ = end
             .lanes
-            .lane(from, local.me)
+            .lane(from, end.me)
             .rep
             .push(Reply { slot: r.slot, out });
-        local.lanes.reactors.notify(from);
+        end.lanes.reactors.notify(from);
     }
 }
 
-impl<S: Service> Poller for Local<S> {
+impl<S: Service> Poller for LaneEnd<S> {
     fn poll(&self) -> usize {
         let mut n = 0;
         for other in (0..self.lanes.n).filter(|&o| o != self.me) {

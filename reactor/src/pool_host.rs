@@ -19,7 +19,7 @@ use sluice_engine::format::{probe_file, uuid_hex, Catalog, Geometry, Probe, Volu
 use sluice_engine::lifecycle;
 use sluice_engine::volume::{ChunkSpan, VolInfo, WritePiece};
 use sluice_engine::{
-    AlignedBuf, Compression, Error, PoolMeta, PoolUsage, Problem, Result, Zone, ZoneConfig,
+    AlignedBuf, Compression, Error, PoolCatalog, PoolUsage, Problem, Result, Zone, ZoneConfig,
 };
 use smallvec::{smallvec, SmallVec};
 use std::cell::RefCell;
@@ -83,9 +83,9 @@ impl Service for ZoneService {
 /// only) and its end of the forwarding lanes.
 struct PoolShard {
     zones: HashMap<u32, Rc<Zone<UringDev>>>,
-    meta: Option<Rc<PoolMeta<UringDev>>>,
+    catalog: Option<Rc<PoolCatalog<UringDev>>>,
     /// This reactor's end of the chunk-operation lanes.
-    fwd: Option<Rc<forward::Local<ZoneService>>>,
+    lane_end: Option<Rc<forward::LaneEnd<ZoneService>>>,
 }
 
 thread_local! {
@@ -113,10 +113,10 @@ pub(crate) fn local_zones(pool: &str) -> Result<Vec<Rc<Zone<UringDev>>>> {
     Ok(shard(pool)?.borrow().zones.values().cloned().collect())
 }
 
-fn local_meta(pool: &str) -> Result<Rc<PoolMeta<UringDev>>> {
+fn local_catalog(pool: &str) -> Result<Rc<PoolCatalog<UringDev>>> {
     shard(pool)?
         .borrow()
-        .meta
+        .catalog
         .clone()
         .ok_or_else(|| Error::Invalid(format!("pool '{pool}' catalog is not on this reactor")))
 }
@@ -200,9 +200,9 @@ impl PoolHost {
             let geo = reactors
                 .call(0, move || async move {
                     let dev = Rc::new(open_dev(&path_s)?);
-                    let meta = PoolMeta::format(dev, zone_size, uuid).await?;
-                    let geo = meta.geometry().clone();
-                    install(&name_s, Some(Rc::new(meta)));
+                    let catalog = PoolCatalog::format(dev, zone_size, uuid).await?;
+                    let geo = catalog.geometry().clone();
+                    install(&name_s, Some(Rc::new(catalog)));
                     Ok::<_, Error>(geo)
                 })
                 .map_err(call_err)??;
@@ -211,7 +211,7 @@ impl PoolHost {
             let catalog = reactors
                 .call(0, {
                     let n = name.to_string();
-                    move || async move { local_meta(&n).map(|m| m.catalog()) }
+                    move || async move { local_catalog(&n).map(|m| m.catalog()) }
                 })
                 .map_err(call_err)??;
             Ok((geo, catalog))
@@ -244,9 +244,11 @@ impl PoolHost {
             let (geo, catalog) = reactors
                 .call(0, move || async move {
                     let dev = Rc::new(open_dev(&path_s)?);
-                    let meta = PoolMeta::open(dev).await.map_err(|e| naming(e, &path_s))?;
-                    let r = (meta.geometry().clone(), meta.catalog());
-                    install(&name_s, Some(Rc::new(meta)));
+                    let catalog = PoolCatalog::open(dev)
+                        .await
+                        .map_err(|e| naming(e, &path_s))?;
+                    let r = (catalog.geometry().clone(), catalog.catalog());
+                    install(&name_s, Some(Rc::new(catalog)));
                     Ok::<_, Error>(r)
                 })
                 .map_err(call_err)??;
@@ -303,7 +305,7 @@ impl PoolHost {
                             }
                             let lp = shard(&name)?;
                             let service = ZoneService { pool: name.clone() };
-                            lp.borrow_mut().fwd = Some(forward::Local::install(r, lanes, service));
+                            lp.borrow_mut().lane_end = Some(forward::LaneEnd::install(r, lanes, service));
                             for z in (0..geo.nzones).filter(|z| *z as usize % nreact == r) {
                                 let zone = if format {
                                     Zone::format(dev.clone(), geo.clone(), z, cfg.clone()).await?
@@ -392,14 +394,14 @@ impl PoolHost {
     fn control<T, F, Fut>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(Rc<PoolMeta<UringDev>>, ZoneRouter) -> Fut + Send + 'static,
+        F: FnOnce(Rc<PoolCatalog<UringDev>>, ZoneRouter) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T>> + 'static,
     {
         let (name, zones) = (self.name.clone(), self.zones.clone());
         let (out, cat) = self
             .reactors
             .call(0, move || async move {
-                let m = local_meta(&name)?;
+                let m = local_catalog(&name)?;
                 let out = f(m.clone(), zones).await;
                 Ok::<_, Error>((out, m.catalog()))
             })
@@ -476,9 +478,9 @@ impl PoolHost {
     async fn chunk_op(&self, z: u32, op: ChunkOp) -> ChunkOut {
         let owner = self.owner(z);
         let lane_end = match current() {
-            Some(c) if c.index != owner => {
-                shard(&self.name).ok().and_then(|l| l.borrow().fwd.clone())
-            }
+            Some(c) if c.index != owner => shard(&self.name)
+                .ok()
+                .and_then(|l| l.borrow().lane_end.clone()),
             _ => None,
         };
         let op = match lane_end {
@@ -665,7 +667,7 @@ fn uninstall(reactors: &ReactorsHandle, nreact: usize, name: &str) {
         let name = name.to_string();
         let _ = reactors.call(i, move || async move {
             if let Some(lp) = SHARDS.with(|l| l.borrow_mut().remove(&name)) {
-                if let Some(f) = lp.borrow_mut().fwd.take() {
+                if let Some(f) = lp.borrow_mut().lane_end.take() {
                     f.uninstall();
                 }
             }
@@ -745,14 +747,14 @@ fn open_dev(path: &Path) -> Result<UringDev> {
     }
 }
 
-fn install(name: &str, meta: Option<Rc<PoolMeta<UringDev>>>) {
+fn install(name: &str, catalog: Option<Rc<PoolCatalog<UringDev>>>) {
     SHARDS.with(|l| {
         l.borrow_mut().insert(
             name.to_string(),
             Rc::new(RefCell::new(PoolShard {
                 zones: HashMap::new(),
-                meta,
-                fwd: None,
+                catalog,
+                lane_end: None,
             })),
         );
     });

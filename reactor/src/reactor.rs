@@ -115,8 +115,10 @@ impl ReactorMailbox {
     }
 }
 
-struct Shared {
-    slots: Box<[ReactorMailbox]>,
+/// What every handle to a set of reactors shares: each reactor's mailbox
+/// and the stop flag.
+struct ReactorSet {
+    mailboxes: Box<[ReactorMailbox]>,
     stop: AtomicBool,
 }
 
@@ -124,7 +126,7 @@ struct Shared {
 /// messages, make calls, read stats — from any thread.
 #[derive(Clone)]
 pub struct ReactorsHandle {
-    shared: Arc<Shared>,
+    shared: Arc<ReactorSet>,
 }
 
 /// A running set of reactors. Stops (and joins) on drop.
@@ -146,7 +148,7 @@ pub struct ReactorInfo {
 
 /// Reactor-thread-local state.
 struct Ctx {
-    shared: Arc<Shared>,
+    shared: Arc<ReactorSet>,
     index: usize,
     overflow: RefCell<VecDeque<(usize, Msg)>>,
     /// Messages per target waiting in `overflow` (to keep FIFO order).
@@ -243,8 +245,8 @@ pub fn current() -> Option<ReactorInfo> {
     CTX.try_with(|c| {
         c.borrow().as_ref().map(|ctx| ReactorInfo {
             index: ctx.index,
-            count: ctx.shared.slots.len(),
-            core: ctx.shared.slots[ctx.index].core,
+            count: ctx.shared.mailboxes.len(),
+            core: ctx.shared.mailboxes[ctx.index].core,
         })
     })
     .ok()
@@ -290,9 +292,9 @@ impl Reactors {
             }
         }
         let n = cores.len();
-        let mut slots = Vec::with_capacity(n);
+        let mut mailboxes = Vec::with_capacity(n);
         for (index, &core) in cores.iter().enumerate() {
-            slots.push(ReactorMailbox {
+            mailboxes.push(ReactorMailbox {
                 core,
                 inboxes: (0..=n)
                     .map(|_| ArrayQueue::new(cfg.inbox_capacity.max(1)))
@@ -306,8 +308,8 @@ impl Reactors {
                 closed: AtomicBool::new(false),
             });
         }
-        let shared = Arc::new(Shared {
-            slots: slots.into_boxed_slice(),
+        let shared = Arc::new(ReactorSet {
+            mailboxes: mailboxes.into_boxed_slice(),
             stop: AtomicBool::new(false),
         });
         let reactors = Reactors {
@@ -366,7 +368,7 @@ impl Reactors {
         }
         let shared = &self.handle.shared;
         shared.stop.store(true, Ordering::SeqCst);
-        for s in shared.slots.iter() {
+        for s in shared.mailboxes.iter() {
             s.notifier.kick();
         }
         let threads = std::mem::take(&mut *self.threads.lock().expect("threads"));
@@ -396,17 +398,17 @@ impl Deref for Reactors {
 impl ReactorsHandle {
     /// Number of reactors.
     pub fn len(&self) -> usize {
-        self.shared.slots.len()
+        self.shared.mailboxes.len()
     }
 
     /// Always false (a set has at least one reactor); for clippy.
     pub fn is_empty(&self) -> bool {
-        self.shared.slots.is_empty()
+        self.shared.mailboxes.is_empty()
     }
 
     /// The core each reactor is pinned to, by index.
     pub fn cores(&self) -> Vec<usize> {
-        self.shared.slots.iter().map(|s| s.core).collect()
+        self.shared.mailboxes.iter().map(|s| s.core).collect()
     }
 
     /// Whether `stop` has been requested.
@@ -424,9 +426,9 @@ impl ReactorsHandle {
     /// to its overflow queue and returns at once. Messages from one sender
     /// to one target run in order.
     pub fn send_msg(&self, idx: usize, msg: Msg) -> Result<(), SendError> {
-        let slot = self
+        let mailbox = self
             .shared
-            .slots
+            .mailboxes
             .get(idx)
             .ok_or(SendError::NoSuchReactor(idx))?;
         if let Some(c) = ctx() {
@@ -434,18 +436,18 @@ impl ReactorsHandle {
                 return c.send(idx, msg);
             }
         }
-        let q = &slot.inboxes[self.shared.slots.len()];
+        let q = &mailbox.inboxes[self.shared.mailboxes.len()];
         let mut msg = msg;
         let mut spins = 0u32;
         loop {
-            if slot.closed.load(Ordering::Acquire) {
+            if mailbox.closed.load(Ordering::Acquire) {
                 return Err(SendError::Stopped(idx));
             }
             match q.push(msg) {
                 Ok(()) => break,
                 Err(m) => {
                     msg = m;
-                    slot.notifier.notify();
+                    mailbox.notifier.notify();
                     spins += 1;
                     if spins < 64 {
                         std::hint::spin_loop();
@@ -457,8 +459,8 @@ impl ReactorsHandle {
                 }
             }
         }
-        slot.notifier.notify();
-        slot.discard_if_closed();
+        mailbox.notifier.notify();
+        mailbox.discard_if_closed();
         Ok(())
     }
 
@@ -507,7 +509,7 @@ impl ReactorsHandle {
     /// Wake reactor `idx` if it sleeps (after pushing work into a queue
     /// one of its pollers drains).
     pub(crate) fn notify(&self, idx: usize) {
-        if let Some(s) = self.shared.slots.get(idx) {
+        if let Some(s) = self.shared.mailboxes.get(idx) {
             s.notifier.notify();
         }
     }
@@ -515,7 +517,7 @@ impl ReactorsHandle {
     /// Counters of every reactor, by index.
     pub fn stats(&self) -> Vec<ReactorStats> {
         self.shared
-            .slots
+            .mailboxes
             .iter()
             .map(|s| {
                 let mut st = s.stats.snapshot();
@@ -529,16 +531,16 @@ impl ReactorsHandle {
 impl Ctx {
     /// Send from this reactor: never blocks.
     fn send(&self, idx: usize, msg: Msg) -> Result<(), SendError> {
-        let slot = &self.shared.slots[idx];
-        if slot.closed.load(Ordering::Acquire) {
+        let mailbox = &self.shared.mailboxes[idx];
+        if mailbox.closed.load(Ordering::Acquire) {
             return Err(SendError::Stopped(idx));
         }
         let mut msg = msg;
         if self.overflow_per.borrow()[idx] == 0 {
-            match slot.inboxes[self.index].push(msg) {
+            match mailbox.inboxes[self.index].push(msg) {
                 Ok(()) => {
-                    slot.notifier.notify();
-                    slot.discard_if_closed();
+                    mailbox.notifier.notify();
+                    mailbox.discard_if_closed();
                     return Ok(());
                 }
                 Err(m) => msg = m,
@@ -556,7 +558,7 @@ impl Ctx {
 
     /// Retry deferred messages in order; returns how many were delivered.
     fn flush_overflow(&self) -> usize {
-        let slots = &self.shared.slots;
+        let mailboxes = &self.shared.mailboxes;
         let mut blocked = 0u128; // targets that are still full (bit per index < 128)
         let mut dead = Vec::new();
         let mut moved = 0;
@@ -570,16 +572,16 @@ impl Ctx {
                     q.push_back((t, m));
                     continue;
                 }
-                if slots[t].closed.load(Ordering::Acquire) {
+                if mailboxes[t].closed.load(Ordering::Acquire) {
                     per[t] -= 1;
                     dead.push(m);
                     continue;
                 }
-                match slots[t].inboxes[self.index].push(m) {
+                match mailboxes[t].inboxes[self.index].push(m) {
                     Ok(()) => {
                         per[t] -= 1;
                         moved += 1;
-                        slots[t].notifier.notify();
+                        mailboxes[t].notifier.notify();
                     }
                     Err(m) => {
                         blocked |= bit;
@@ -603,11 +605,11 @@ impl Ctx {
 }
 
 /// Run up to `budget` messages, starting at inbox `start`.
-fn drain_inboxes(slot: &ReactorMailbox, start: usize, budget: usize) -> usize {
-    let k = slot.inboxes.len();
+fn drain_inboxes(mailbox: &ReactorMailbox, start: usize, budget: usize) -> usize {
+    let k = mailbox.inboxes.len();
     let mut n = 0;
     for i in 0..k {
-        let q = &slot.inboxes[(start + i) % k];
+        let q = &mailbox.inboxes[(start + i) % k];
         while n < budget {
             match q.pop() {
                 Some(m) => {
@@ -625,12 +627,12 @@ fn drain_inboxes(slot: &ReactorMailbox, start: usize, budget: usize) -> usize {
 }
 
 fn reactor_main(
-    shared: Arc<Shared>,
+    shared: Arc<ReactorSet>,
     index: usize,
     cfg: ReactorConfig,
     ready: mpsc::Sender<Result<(), Error>>,
 ) {
-    let me = &shared.slots[index];
+    let me = &shared.mailboxes[index];
     if cfg.pin && !core_affinity::set_for_current(core_affinity::CoreId { id: me.core }) {
         let _ = ready.send(Err(Error::Pin(me.core)));
         return;
@@ -646,7 +648,7 @@ fn reactor_main(
         shared: shared.clone(),
         index,
         overflow: RefCell::new(VecDeque::new()),
-        overflow_per: RefCell::new(vec![0; shared.slots.len()]),
+        overflow_per: RefCell::new(vec![0; shared.mailboxes.len()]),
         deferred: std::cell::Cell::new(0),
     });
     CTX.with(|c| *c.borrow_mut() = Some(ctx.clone()));

@@ -38,7 +38,8 @@ pub(crate) trait Store {
     fn write_blocks(&self, blk: u64, buf: AlignedBuf) -> impl Future<Output = Result<()>>;
 }
 
-struct Entry {
+/// One cached tree node and whether it must be written back.
+struct CachedNode {
     node: NodeRef,
     dirty: bool,
     /// Tick of the last use, for LRU-ish eviction.
@@ -49,7 +50,7 @@ struct Entry {
 /// clock and the counters.
 #[derive(Default)]
 struct CacheTable {
-    map: HashMap<u64, Entry>,
+    map: HashMap<u64, CachedNode>,
     /// Blocks with a write in flight (the entry may be gone if it was freed).
     inflight: HashSet<u64>,
     tick: u64,
@@ -104,7 +105,7 @@ impl<S: Store> Cache<S> {
         inner.stats.misses += 1;
         let tick = inner.tick;
         // Another task may have loaded (and changed) it meanwhile: theirs wins.
-        let e = inner.map.entry(blk).or_insert_with(|| Entry {
+        let e = inner.map.entry(blk).or_insert_with(|| CachedNode {
             node: Rc::new(RefCell::new(NodeBuf::from_buf(buf))),
             dirty: false,
             last: tick,
@@ -133,7 +134,7 @@ impl<S: Store> Cache<S> {
         let mut inner = self.inner.borrow_mut();
         inner.tick += 1;
         let node = Rc::new(RefCell::new(NodeBuf::zeroed()));
-        let e = Entry {
+        let e = CachedNode {
             node: node.clone(),
             dirty: true,
             last: inner.tick,

@@ -79,7 +79,7 @@ pub fn uuid_hex(uuid: &[u8; 16]) -> String {
 mod tests {
     use super::*;
     use crate::dev::MemDev;
-    use crate::PoolMeta;
+    use crate::PoolCatalog;
     use futures::executor::block_on;
     use std::rc::Rc;
 
@@ -87,7 +87,7 @@ mod tests {
     fn tells_empty_pool_and_damaged_apart() {
         let dev = Rc::new(MemDev::new(8 << 20));
         assert!(matches!(block_on(probe(&*dev)).unwrap(), Probe::NotAPool));
-        block_on(PoolMeta::format(dev.clone(), 1 << 20, [9; 16])).unwrap();
+        block_on(PoolCatalog::format(dev.clone(), 1 << 20, [9; 16])).unwrap();
         match block_on(probe(&*dev)).unwrap() {
             Probe::Pool { uuid, size_bytes } => {
                 assert_eq!(uuid, [9; 16]);

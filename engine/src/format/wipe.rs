@@ -1,6 +1,6 @@
 //! Erasing a pool: what makes a device no longer hold a sluice pool.
 //!
-//! [`super::probe`] and `PoolMeta::open` find a pool by its header in block 0
+//! [`super::probe`] and `PoolCatalog::open` find a pool by its header in block 0
 //! or in its backup ([`HEADER_BACKUP_BLK`]); zeroing both (and flushing) is
 //! what erases one, so `pool_import` refuses the device and `pool_create`
 //! formats it without `force`. Data blocks are left as they are: this is not
@@ -39,20 +39,20 @@ mod tests {
     use super::*;
     use crate::dev::MemDev;
     use crate::format::{probe, Probe};
-    use crate::pool_meta::PoolMeta;
+    use crate::pool_catalog::PoolCatalog;
     use std::rc::Rc;
 
     #[test]
     fn wiped_pool_is_no_pool() {
         futures::executor::block_on(async {
             let dev = Rc::new(MemDev::new(512 << 20));
-            PoolMeta::format(dev.clone(), 128 << 20, [7; 16])
+            PoolCatalog::format(dev.clone(), 128 << 20, [7; 16])
                 .await
                 .unwrap();
             assert!(matches!(probe(&*dev).await.unwrap(), Probe::Pool { .. }));
             wipe(&*dev).await.unwrap();
             assert!(matches!(probe(&*dev).await.unwrap(), Probe::NotAPool));
-            let e = PoolMeta::open(dev.clone())
+            let e = PoolCatalog::open(dev.clone())
                 .await
                 .err()
                 .expect("open must fail");

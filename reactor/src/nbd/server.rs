@@ -178,7 +178,7 @@ struct ConnTable {
 }
 
 /// The thread-safe part of a server, shared with every reactor.
-struct Core {
+struct ServerShared {
     id: u64,
     config: ServerConfig,
     /// The budget every connection's in-flight buffers are charged to.
@@ -188,7 +188,7 @@ struct Core {
     rr: AtomicUsize,
 }
 
-impl Core {
+impl ServerShared {
     fn reg(&self) -> MutexGuard<'_, ConnTable> {
         // A panic elsewhere must not wedge stop() or the counters.
         self.reg.lock().unwrap_or_else(|p| p.into_inner())
@@ -273,21 +273,21 @@ struct AcceptorCtl {
 /// Removes a connection from the registries when its task ends or is
 /// dropped (reactor shutdown).
 struct ConnGuard {
-    core: Arc<Core>,
+    shared: Arc<ServerShared>,
     id: u64,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let key = (self.core.id, self.id);
+        let key = (self.shared.id, self.id);
         with_local(|l| l.conns.remove(&key));
-        self.core.unregister(self.id);
+        self.shared.unregister(self.id);
     }
 }
 
 /// A running NBD server. Dropping it stops it (see [`NbdServer::stop`]).
 pub struct NbdServer {
-    core: Arc<Core>,
+    shared: Arc<ServerShared>,
     reactors: ReactorsHandle,
     addrs: Vec<ListenAddr>,
     /// Reactor index of each listener's accept loop.
@@ -337,7 +337,7 @@ impl NbdServer {
                 }
             }
         }
-        let core = Arc::new(Core {
+        let shared = Arc::new(ServerShared {
             id: NEXT_SERVER.fetch_add(1, Ordering::Relaxed),
             budget: MemoryBudget::new(config.memory_budget),
             config,
@@ -347,7 +347,7 @@ impl NbdServer {
         });
         let addrs: Vec<ListenAddr> = bound.iter().map(|l| l.local_addr().clone()).collect();
         let server = NbdServer {
-            core: core.clone(),
+            shared: shared.clone(),
             reactors: reactors.clone(),
             addrs,
             acceptors: (0..bound.len()).map(|i| i % reactors.len()).collect(),
@@ -356,8 +356,8 @@ impl NbdServer {
         let on_reactor = current().is_some();
         for (i, listener) in bound.into_iter().enumerate() {
             let idx = i % reactors.len();
-            let (core, provider, handle) = (core.clone(), provider.clone(), reactors.clone());
-            let setup = move || start_acceptor(i, listener, core, provider, handle);
+            let (shared, provider, handle) = (shared.clone(), provider.clone(), reactors.clone());
+            let setup = move || start_acceptor(i, listener, shared, provider, handle);
             let r = if on_reactor {
                 reactors.send(idx, setup).map_err(NbdServerError::from)
             } else {
@@ -385,23 +385,23 @@ impl NbdServer {
     /// The budget in-flight request and reply buffers of all connections
     /// are charged to (for monitoring and tests).
     pub fn memory_budget(&self) -> &MemoryBudget {
-        &self.core.budget
+        &self.shared.budget
     }
 
     /// Connections so far (ended ones included) that negotiated extended
     /// headers.
     pub fn extended_header_connections(&self) -> u64 {
-        self.core.reg().extended_total
+        self.shared.reg().extended_total
     }
 
     /// Live connections (including ones still negotiating).
     pub fn connections(&self) -> usize {
-        self.core.reg().conns.len()
+        self.shared.reg().conns.len()
     }
 
     /// Live connections that negotiated export `name`.
     pub fn export_connections(&self, name: &str) -> usize {
-        self.core
+        self.shared
             .reg()
             .conns
             .values()
@@ -412,7 +412,7 @@ impl NbdServer {
     /// Every live connection: id, reactor, export.
     pub fn connection_info(&self) -> Vec<ConnectionInfo> {
         let mut v: Vec<ConnectionInfo> = self
-            .core
+            .shared
             .reg()
             .conns
             .iter()
@@ -428,12 +428,12 @@ impl NbdServer {
 
     /// Connections accepted since start.
     pub fn total_connections(&self) -> u64 {
-        self.core.reg().total
+        self.shared.reg().total
     }
 
     /// How the most recent connections ended (oldest first, last 256).
     pub fn ended(&self) -> Vec<ConnEnd> {
-        self.core.reg().ends.iter().cloned().collect()
+        self.shared.reg().ends.iter().cloned().collect()
     }
 
     /// Close every connection to export `name` (after `nbd_export_remove`).
@@ -441,7 +441,7 @@ impl NbdServer {
     /// requests first.
     pub fn disconnect_export(&self, name: &str) -> usize {
         let victims: Vec<(u64, usize)> = self
-            .core
+            .shared
             .reg()
             .conns
             .iter()
@@ -449,7 +449,7 @@ impl NbdServer {
             .map(|(&id, c)| (id, c.reactor))
             .collect();
         for &(id, reactor) in &victims {
-            let sid = self.core.id;
+            let sid = self.shared.id;
             let _ = self.reactors.send(reactor, move || kill_local(sid, id));
         }
         victims.len()
@@ -468,8 +468,8 @@ impl NbdServer {
             }
             *stopped = true;
         }
-        self.core.reg().stopping = true;
-        let sid = self.core.id;
+        self.shared.reg().stopping = true;
+        let sid = self.shared.id;
         let on_reactor = current().is_some();
         // 1. Accept loops: no new connections, listeners closed.
         for (i, &idx) in self.acceptors.iter().enumerate() {
@@ -498,7 +498,7 @@ impl NbdServer {
         }
         // 2. Connections (none can register any more).
         let conns: Vec<(u64, usize)> = self
-            .core
+            .shared
             .reg()
             .conns
             .iter()
@@ -511,15 +511,15 @@ impl NbdServer {
             return;
         }
         // 3. Wait for them.
-        let deadline = Instant::now() + self.core.config.stop_timeout;
-        let mut r = self.core.reg();
+        let deadline = Instant::now() + self.shared.config.stop_timeout;
+        let mut r = self.shared.reg();
         while !r.conns.is_empty() {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             r = self
-                .core
+                .shared
                 .drained
                 .wait_timeout(r, deadline - now)
                 .unwrap_or_else(|p| p.into_inner())
@@ -586,25 +586,25 @@ fn clear_stale_socket(path: &Path) -> Result<(), NbdServerError> {
 fn start_acceptor<P: ExportProvider>(
     index: usize,
     listener: UringListener,
-    core: Arc<Core>,
+    shared: Arc<ServerShared>,
     provider: Arc<P>,
     reactors: ReactorsHandle,
 ) {
     let ctl = Rc::new(AcceptorCtl::default());
-    let key = (core.id, index);
+    let key = (shared.id, index);
     with_local(|l| l.acceptors.insert(key, Rc::downgrade(&ctl)));
     // TLS is offered on TCP only.
     let tls = match listener.local_addr() {
-        ListenAddr::Tcp(_) => core.config.tls.clone(),
+        ListenAddr::Tcp(_) => shared.config.tls.clone(),
         ListenAddr::Unix(_) => None,
     };
-    spawn_local(accept_loop(listener, ctl, core, provider, reactors, tls)).detach();
+    spawn_local(accept_loop(listener, ctl, shared, provider, reactors, tls)).detach();
 }
 
 async fn accept_loop<P: ExportProvider>(
     listener: UringListener,
     ctl: Rc<AcceptorCtl>,
-    core: Arc<Core>,
+    shared: Arc<ServerShared>,
     provider: Arc<P>,
     reactors: ReactorsHandle,
     tls: Option<Arc<TlsServer>>,
@@ -612,7 +612,7 @@ async fn accept_loop<P: ExportProvider>(
     loop {
         match unless(&ctl.stop, listener.accept()).await {
             None => break,
-            Some(Ok(stream)) => place(stream, &core, &provider, &reactors, &tls),
+            Some(Ok(stream)) => place(stream, &shared, &provider, &reactors, &tls),
             Some(Err(e)) => {
                 let transient = matches!(
                     e.raw_os_error(),
@@ -637,27 +637,27 @@ async fn accept_loop<P: ExportProvider>(
 /// Hand an accepted connection to the next reactor in round-robin order.
 fn place<P: ExportProvider>(
     stream: UringStream,
-    core: &Arc<Core>,
+    shared: &Arc<ServerShared>,
     provider: &Arc<P>,
     reactors: &ReactorsHandle,
     tls: &Option<Arc<TlsServer>>,
 ) {
-    let target = core.rr.fetch_add(1, Ordering::Relaxed) % reactors.len();
+    let target = shared.rr.fetch_add(1, Ordering::Relaxed) % reactors.len();
     let here = current().map(|c| c.index);
     if here != Some(target) {
         if let Ok(fd) = dup_fd(&stream) {
             drop(stream);
-            let (core, provider, tls) = (core.clone(), provider.clone(), tls.clone());
+            let (shared, provider, tls) = (shared.clone(), provider.clone(), tls.clone());
             // If the target is stopped the message, and with it the
             // descriptor, is dropped: the client sees the socket close.
             let _ = reactors.send(target, move || {
-                start_connection(UringStream::from_fd(fd), core, provider, target, tls)
+                start_connection(UringStream::from_fd(fd), shared, provider, target, tls)
             });
             return;
         }
     }
-    let (core, provider, tls) = (core.clone(), provider.clone(), tls.clone());
-    start_connection(stream, core, provider, here.unwrap_or(0), tls);
+    let (shared, provider, tls) = (shared.clone(), provider.clone(), tls.clone());
+    start_connection(stream, shared, provider, here.unwrap_or(0), tls);
 }
 
 fn dup_fd(s: &UringStream) -> io::Result<OwnedFd> {
@@ -674,35 +674,41 @@ fn dup_fd(s: &UringStream) -> io::Result<OwnedFd> {
 /// Runs on the serving reactor: register and spawn the connection task.
 fn start_connection<P: ExportProvider>(
     stream: UringStream,
-    core: Arc<Core>,
+    shared: Arc<ServerShared>,
     provider: Arc<P>,
     reactor: usize,
     tls: Option<Arc<TlsServer>>,
 ) {
-    let Some(id) = core.register(reactor) else {
+    let Some(id) = shared.register(reactor) else {
         return; // stopping: dropping the stream closes it
     };
-    let timeout = core.config.handshake_timeout;
+    let timeout = shared.config.handshake_timeout;
     let ctl = Rc::new(ConnCtl::new(stream, timeout.map(|t| Instant::now() + t)).with_tls(tls));
-    with_local(|l| l.conns.insert((core.id, id), Rc::downgrade(&ctl)));
+    with_local(|l| l.conns.insert((shared.id, id), Rc::downgrade(&ctl)));
     if let Some(t) = timeout {
-        ensure_sweeper(core.id, t);
+        ensure_sweeper(shared.id, t);
     }
     let guard = ConnGuard {
-        core: core.clone(),
+        shared: shared.clone(),
         id,
     };
     spawn_local(async move {
         let guard = guard;
-        let core = &guard.core;
-        let end = run_connection(ctl, provider, &core.config, core.budget.clone(), |neg| {
-            core.set_export(id, &neg.export_name);
-            if neg.extended_headers {
-                core.reg().extended_total += 1;
-            }
-        })
+        let shared = &guard.shared;
+        let end = run_connection(
+            ctl,
+            provider,
+            &shared.config,
+            shared.budget.clone(),
+            |neg| {
+                shared.set_export(id, &neg.export_name);
+                if neg.extended_headers {
+                    shared.reg().extended_total += 1;
+                }
+            },
+        )
         .await;
-        core.record_end(end);
+        shared.record_end(end);
         drop(guard);
     })
     .detach();

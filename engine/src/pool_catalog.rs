@@ -13,8 +13,12 @@ use crate::volume::{check_size, chunk_shift_for};
 use std::cell::RefCell;
 use std::rc::Rc;
 
-/// The pool header plus the crash-safe catalog (each kept twice).
-pub struct PoolMeta<D: BlockDev> {
+/// A pool's catalog as kept on its device: the volume table ([`Catalog`],
+/// two copies, replaced crash-safely by [`PoolCatalog::update`]) with the
+/// locks that order changes to it, and the pool header it sits next to
+/// (written at format, read-only after). Not to be confused with
+/// [`Catalog`], the table value itself.
+pub struct PoolCatalog<D: BlockDev> {
     pub header: PoolHeader,
     dev: Rc<D>,
     catalog: RefCell<Catalog>,
@@ -24,7 +28,7 @@ pub struct PoolMeta<D: BlockDev> {
     changes: LocalMutex,
 }
 
-impl<D: BlockDev> PoolMeta<D> {
+impl<D: BlockDev> PoolCatalog<D> {
     pub fn geometry(&self) -> &Geometry {
         &self.header.geo
     }
@@ -53,7 +57,7 @@ impl<D: BlockDev> PoolMeta<D> {
         let off = g.catalog_start * bs;
         let (_b, r) = dev.write_at(AlignedBuf::zeroed(cat_len), off).await;
         r.map_err(|e| Error::io("format", off, e))?;
-        let meta = PoolMeta {
+        let meta = PoolCatalog {
             header,
             dev: dev.clone(),
             catalog: RefCell::new(Catalog {
@@ -107,7 +111,7 @@ impl<D: BlockDev> PoolMeta<D> {
         let stale: Vec<usize> = (0..2)
             .filter(|&i| !matches!(&copies[i], Ok(c) if *c == catalog))
             .collect();
-        let meta = PoolMeta {
+        let meta = PoolCatalog {
             header,
             dev,
             catalog: RefCell::new(catalog),
