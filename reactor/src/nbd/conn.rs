@@ -7,13 +7,15 @@
 //!   send [`Handshake::take_output`] until the state machine is `Done` (or
 //!   `Closed`). Partial input simply stays buffered; bytes after the final
 //!   option (pipelined requests) are handed to the transmission phase.
-//! * **Reader** (the connection task itself) — bulk `recv`s into one
-//!   receive buffer, [`parse_request`] as many headers as it holds,
-//!   [`validate`] each, and hand every valid request to an idle worker
-//!   (or a new one) so requests run concurrently against the backend. It
-//!   keeps reading while earlier requests are in flight, up to a
-//!   per-connection bound (requests and bytes); at the bound it stops
-//!   reading until some complete.
+//! * **Reader** (the connection task itself) — bulk `recv`s (through the
+//!   [`Transport`], plain or TLS) into one receive buffer and asks the
+//!   sans-IO [`Session`] what to do with the bytes: parse and validate a
+//!   header, receive or discard a payload, refuse a request (a too-large one
+//!   only after its payload is consumed). Every valid request gets its
+//!   buffers from the daemon-wide [`MemoryBudget`] and goes to an idle
+//!   worker (or a new one) so requests run concurrently against the
+//!   backend. When the budget has no room the reader stops reading its
+//!   socket until some request completes.
 //! * **Request workers** — a pool of local tasks (grown when a request
 //!   finds them all busy, so no task is allocated per request) that each
 //!   take the next request, call the [`ExportBackend`], encode the reply
@@ -22,7 +24,7 @@
 //!   order, not request order.
 //! * **Writer** (one task) — the single place that sends on the socket, so
 //!   replies never interleave. Small frames are batched into one buffer;
-//!   READ data goes out with [`UringStream::send_with_header`] (header +
+//!   READ data goes out with [`Transport::send_with_header`] (header +
 //!   the backend's buffer, no copy), except that small READ payloads are
 //!   copied into the batch when more replies are queued, trading a 4 KiB
 //!   memcpy for a whole send.
