@@ -20,10 +20,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (method, params) = cli.command.request();
     // Identified before the call: afterwards the daemon may already be gone.
+    // Over TCP the process is not known; `wait_gone` then waits for the port.
     let daemon = matches!(cli.command, Command::Shutdown)
-        .then(|| DaemonProcess::behind_socket(&cli.socket))
+        .then(|| {
+            cli.socket
+                .unix_path()
+                .and_then(DaemonProcess::behind_socket)
+        })
         .flatten();
-    let result = Client::connect(&cli.socket).and_then(|mut client| {
+    let result = Client::connect_to(&cli.socket, cli.call_timeout()).and_then(|mut client| {
         client.set_timeout(cli.call_timeout());
         client.call(method, params)
     });
@@ -50,7 +55,8 @@ fn main() -> ExitCode {
         Err(e @ ClientError::Connect { .. }) => {
             eprintln!("error: {e}");
             eprintln!(
-                "hint: is sluiced running? Point -s/--socket or SLUICE_RPC_SOCKET at its JSON-RPC socket."
+                "hint: is sluiced running? Point -s/--socket or SLUICE_RPC_SOCKET at its JSON-RPC socket \
+                 (a path, or HOST:PORT for sluiced --rpc-tcp)."
             );
             ExitCode::from(2)
         }
@@ -67,7 +73,7 @@ fn wait_gone(cli: &Cli, daemon: Option<&DaemonProcess>) -> Result<(), daemon_exi
     match daemon {
         Some(process) => process.wait_exit(cli.call_timeout()),
         None => daemon_exit::wait_unreachable(
-            || Client::connect(&cli.socket).is_ok(),
+            || Client::connect_to(&cli.socket, cli.call_timeout()).is_ok(),
             cli.call_timeout(),
         ),
     }

@@ -6,6 +6,10 @@
 //! `./sluice-data/nbd.sock` and `127.0.0.1:10809`, JSON-RPC on
 //! `./sluice-data/rpc.sock` (mode 0600). A restart replays
 //! `./sluice-data/config.json`, which the daemon keeps current.
+//!
+//! `--rpc-tcp ADDR` serves JSON-RPC over TCP as well (off by default). JSON-RPC has
+//! no authentication, so ADDR must be a loopback address unless
+//! `--rpc-tcp-insecure` is given (docs/decisions.md).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -14,8 +18,9 @@ use serde_json::json;
 use sluice_engine::ZoneConfig;
 use sluice_reactor::{Reactors, RingConfig};
 use sluice_rpc::daemon::{config, logger, methods, Daemon, DaemonOptions};
-use sluice_rpc::jsonrpc::{serve_unix, MethodTable, Shutdown};
+use sluice_rpc::jsonrpc::{serve_unix, ListenAddr, MethodTable, Server, ServerHandle, Shutdown};
 use sluice_rpc::size::parse_size;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -28,6 +33,15 @@ struct Args {
     /// JSON-RPC socket (default <data-dir>/rpc.sock).
     #[arg(long)]
     rpc_socket: Option<PathBuf>,
+    /// Also serve JSON-RPC over TCP on ADDR, e.g. 127.0.0.1:5260 (off by default;
+    /// `sluice -s 127.0.0.1:5260` talks to it). JSON-RPC has no authentication, so
+    /// ADDR must be a loopback address unless --rpc-tcp-insecure is given.
+    #[arg(long, value_name = "ADDR")]
+    rpc_tcp: Option<String>,
+    /// Let --rpc-tcp listen on a non-loopback address. Whoever reaches the port can
+    /// delete every volume: use it only behind a firewall or an authenticating proxy.
+    #[arg(long, requires = "rpc_tcp")]
+    rpc_tcp_insecure: bool,
     /// Cores to run reactors on, e.g. "0,1" (default: every allowed core but
     /// one, at least one: the spare core serves clients and the kernel).
     #[arg(long, value_delimiter = ',')]
@@ -75,6 +89,8 @@ fn main() -> Result<()> {
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGTERM);
     sigs.thread_block().context("block signals")?;
+    // Checked before any pool is opened: a refused address costs nothing.
+    let rpc_tcp = rpc_tcp_addrs(&args)?;
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
@@ -136,9 +152,17 @@ fn main() -> Result<()> {
         }
     }
 
-    let server = serve_unix(&rpc_path, reg.clone(), stop.clone())
-        .with_context(|| format!("listen on {}", rpc_path.display()))?;
-    banner(&daemon, &rpc_path, &cores);
+    let servers = match start_rpc(&rpc_path, rpc_tcp.as_deref(), &args, &reg, &stop) {
+        Ok(servers) => servers,
+        Err(e) => {
+            // Close the pools cleanly (checkpoint) rather than leave them to replay.
+            for shutdown_error in daemon.shutdown() {
+                log::error!("shutdown: {shutdown_error}");
+            }
+            return Err(e);
+        }
+    };
+    banner(&daemon, &servers, &cores);
 
     // Wait for a signal or the shutdown method.
     {
@@ -151,7 +175,10 @@ fn main() -> Result<()> {
         });
     }
     stop.wait();
-    server.stop();
+    // No new calls, and the calls in flight answered, before the pools close.
+    for server in servers {
+        server.join();
+    }
     let errors = daemon.shutdown();
     for e in &errors {
         log::error!("shutdown: {e}");
@@ -170,11 +197,77 @@ fn main() -> Result<()> {
     }
 }
 
+/// `--rpc-tcp` resolved and checked, before anything is opened: JSON-RPC has no
+/// authentication, so every address must be loopback unless --rpc-tcp-insecure.
+/// (`Server::serve_tcp` refuses too; this says which flag to use, and says it early.)
+fn rpc_tcp_addrs(args: &Args) -> Result<Option<Vec<SocketAddr>>> {
+    let Some(addr) = &args.rpc_tcp else {
+        return Ok(None);
+    };
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .with_context(|| format!("--rpc-tcp {addr}: not an address (HOST:PORT)"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("--rpc-tcp {addr}: the name resolves to no address");
+    }
+    match addrs.iter().find(|a| !a.ip().is_loopback()) {
+        Some(bad) if !args.rpc_tcp_insecure => bail!(
+            "--rpc-tcp {addr}: refusing to serve JSON-RPC on {bad}, which is not a loopback \
+             address. JSON-RPC has no authentication: whoever reaches the port can delete \
+             every volume. Use 127.0.0.1 or [::1] (and an SSH tunnel or proxy for remote \
+             access), or pass --rpc-tcp-insecure to allow it."
+        ),
+        Some(bad) => log::warn!(
+            "--rpc-tcp-insecure: JSON-RPC on {bad} has no authentication; \
+             whoever reaches it controls this daemon"
+        ),
+        None => {}
+    }
+    Ok(Some(addrs))
+}
+
+/// The JSON-RPC servers: the Unix socket, then TCP if asked. They share `stop`, so
+/// one trigger stops both. On error, every server already started is stopped.
+fn start_rpc(
+    rpc_path: &std::path::Path,
+    tcp: Option<&[SocketAddr]>,
+    args: &Args,
+    reg: &Arc<MethodTable>,
+    stop: &Shutdown,
+) -> Result<Vec<ServerHandle>> {
+    let unix = serve_unix(rpc_path, reg.clone(), stop.clone())
+        .with_context(|| format!("listen on {}", rpc_path.display()))?;
+    let Some(tcp) = tcp else {
+        return Ok(vec![unix]);
+    };
+    let tcp = Server::new(reg.clone(), stop.clone())
+        .allow_non_loopback(args.rpc_tcp_insecure)
+        .serve_tcp(tcp)
+        .with_context(|| format!("--rpc-tcp {}", args.rpc_tcp.as_deref().unwrap_or("")));
+    match tcp {
+        Ok(tcp) => Ok(vec![unix, tcp]),
+        Err(e) => {
+            // Stopped and joined here, before the caller closes the pools.
+            unix.stop();
+            unix.join();
+            Err(e)
+        }
+    }
+}
+
 /// The start-up banner: every listening address, each pool and volume.
-fn banner(daemon: &Daemon, rpc_path: &std::path::Path, cores: &[usize]) {
+fn banner(daemon: &Daemon, servers: &[ServerHandle], cores: &[usize]) {
+    let listening: Vec<String> = servers
+        .iter()
+        .map(|s| match s.local_addr() {
+            ListenAddr::Unix(p) => format!("unix:{}", p.display()),
+            ListenAddr::Tcp(a) => format!("tcp:{a}"),
+        })
+        .collect();
     log::info!(
-        "ready: JSON-RPC on unix:{}, {} reactor(s) on cores {:?}",
-        rpc_path.display(),
+        "ready: JSON-RPC on {}, {} reactor(s) on cores {:?}",
+        listening.join(" and "),
         cores.len(),
         cores
     );

@@ -24,10 +24,10 @@ pub mod daemon_exit;
 pub mod output;
 pub mod report;
 
+use crate::client::Endpoint;
 use crate::size::parse_size;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where the daemon listens when started with no arguments.
@@ -51,15 +51,20 @@ exit in time), 2 when it cannot be reached or the command line is wrong.";
     after_help = SIZE_HELP
 )]
 pub struct Cli {
-    /// JSON-RPC socket of the sluiced daemon.
+    /// Where sluiced serves JSON-RPC: a Unix socket path, or HOST:PORT for TCP
+    /// (sluiced --rpc-tcp). A value is TCP when it is HOST:PORT (no '/', a port
+    /// number after the last ':') and no file of that name exists; write
+    /// ./NAME:PORT for such a socket file. Over TCP, `shutdown` waits until the port
+    /// stops answering, not for the process to exit.
     #[arg(
         short = 's',
         long,
         env = "SLUICE_RPC_SOCKET",
         default_value = DEFAULT_SOCKET,
+        value_name = "PATH|HOST:PORT",
         global = true
     )]
-    pub socket: PathBuf,
+    pub socket: Endpoint,
 
     /// Print the result as pretty JSON instead of tables.
     #[arg(long, global = true)]
@@ -496,6 +501,7 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use serde_json::json;
+    use std::path::PathBuf;
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))
@@ -815,7 +821,12 @@ mod tests {
             "0",
         ]);
         assert!(cli.json);
-        assert_eq!(cli.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(cli.socket, Endpoint::Unix(PathBuf::from("/tmp/x.sock")));
+        assert_eq!(
+            parse(&["-s", "127.0.0.1:5260", "shutdown"]).socket,
+            Endpoint::Tcp("127.0.0.1:5260".into())
+        );
+
         assert_eq!(cli.call_timeout(), None);
         let cli = parse(&["-t", "2.5", "shutdown"]);
         assert_eq!(cli.call_timeout(), Some(Duration::from_millis(2500)));

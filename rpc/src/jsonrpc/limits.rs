@@ -4,7 +4,7 @@
 //! bounded whatever peers send (or do not send). With the defaults, the input a
 //! server buffers is at most `max_connections × (max_request_len + 64 KiB)`
 //! (64 × 1.06 MiB ≈ 68 MiB), plus one reply per connection and, per worker, the
-//! request being run; see `docs/decisions.md` for the whole bound.
+//! request being run. README.md, "Limits", lists them with measured figures.
 
 use std::time::Duration;
 
