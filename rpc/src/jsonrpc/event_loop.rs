@@ -221,7 +221,7 @@ impl EventLoop {
             let ready = match self.wait() {
                 Ok(ready) => ready,
                 Err(e) => {
-                    eprintln!("sluice-rpc: {}: poll failed, stopping: {e}", self.name);
+                    log::error!("JSON-RPC {}: poll failed, stopping: {e}", self.name);
                     self.shutdown.trigger();
                     break;
                 }
@@ -241,7 +241,9 @@ impl EventLoop {
             for (id, events) in ready.conns {
                 self.service(id, events);
             }
-            self.expire(Instant::now());
+            let now = Instant::now();
+            self.expire(now);
+            self.log_refusals(now);
         }
         if !stopping {
             self.begin_stop();
@@ -269,6 +271,12 @@ impl EventLoop {
         };
         let mut ids = Vec::with_capacity(self.conns.len());
         let mut deadline = self.accept_paused_until.filter(|_| !accepting);
+        if self.refused_unlogged > 0 {
+            let d = self
+                .refusal_logged_at
+                .map_or(now, |t| t + REFUSAL_LOG_INTERVAL);
+            deadline = Some(deadline.map_or(d, |e| e.min(d)));
+        }
         for (&id, c) in &self.conns {
             let interest = c.interest();
             if !interest.is_empty() {
@@ -341,10 +349,7 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     // EMFILE and friends: keep serving the connections we have.
-                    eprintln!(
-                        "sluice-rpc: {}: accepting a connection failed: {e}",
-                        self.name
-                    );
+                    log::warn!("JSON-RPC {}: accepting a connection failed: {e}", self.name);
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     break;
                 }
@@ -391,14 +396,26 @@ impl EventLoop {
         let _ = stream.write(&line(&error_response(Value::Null, error)));
         stream.close();
         self.refused_unlogged += 1;
-        let now = Instant::now();
+        self.log_refusals(Instant::now());
+    }
+
+    /// Log the refusals not yet logged, at most once per
+    /// `REFUSAL_LOG_INTERVAL`; the event loop wakes at the end of the
+    /// interval for the rest of a burst, so every refusal is counted in
+    /// the log.
+    fn log_refusals(&mut self, now: Instant) {
+        if self.refused_unlogged == 0 {
+            return;
+        }
         if self
             .refusal_logged_at
             .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
         {
-            eprintln!(
-                "sluice-rpc: {}: refused {} connection(s): {max} open, the limit",
-                self.name, self.refused_unlogged
+            log::warn!(
+                "JSON-RPC {}: refused {} connection(s): {} open, the limit",
+                self.name,
+                self.refused_unlogged,
+                self.limits.max_connections
             );
             self.refused_unlogged = 0;
             self.refusal_logged_at = Some(now);
