@@ -112,7 +112,9 @@ h.flush()
         .split_whitespace()
         .collect();
     assert!(
-        header.windows(3).any(|w| w == ["SIZE", "MAPPED", "ALLOCATED"]),
+        header
+            .windows(3)
+            .any(|w| w == ["SIZE", "MAPPED", "ALLOCATED"]),
         "columns after SIZE: {text}"
     );
     assert!(text.contains("2.1 MiB"), "readable size: {text}");

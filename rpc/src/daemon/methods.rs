@@ -114,6 +114,8 @@ struct NbdStart {
     tls: Option<super::exports::NbdTlsParams>,
     #[serde(default)]
     insecure: bool,
+    /// In-flight buffer budget of all connections (default 256 MiB).
+    memory: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -449,10 +451,19 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
     register_change(reg, "nbd_server_start", move |p: NbdStart| {
         let unix = p.unix.unwrap_or_else(|| dd.opts.data_dir.join("nbd.sock"));
         let tls = p.tls.map(|t| t.resolved()).transpose()?;
-        let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone(), tls.as_ref(), p.insecure)?;
-        dd.journal_nbd(Some(
-            json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure}),
-        ));
+        let memory = p.memory.map(|m| m.bytes());
+        let out = dd.nbd_start(super::exports::NbdStartOptions {
+            unix: Some(unix.clone()),
+            tcp: p.tcp.clone(),
+            tls: tls.clone(),
+            insecure: p.insecure,
+            memory,
+        })?;
+        let mut saved = json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure});
+        if let Some(m) = memory {
+            saved["memory"] = json!(m);
+        }
+        dd.journal_nbd(Some(saved));
         Ok(out)
     });
 
