@@ -19,7 +19,8 @@ fn default_start_exports_vol0() {
     assert_eq!(e["can_trim"], true);
     assert_eq!(e["can_zero"], true);
     assert_eq!(e["can_multi_conn"], true);
-    assert_eq!(e["block_size_minimum"], 512);
+    // Any byte offset and length (README, "NBD request sizes").
+    assert_eq!(e["block_size_minimum"], 1);
     let pools = d.ok("pool_get_pools", json!({}));
     assert_eq!(pools.as_array().map(|a| a.len()), Some(1));
     assert_eq!(pools[0]["name"], "pool0");
