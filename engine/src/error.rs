@@ -65,6 +65,10 @@ pub enum Error {
     ReadOnly(String),
     #[error("zone {zone} is shut down after an earlier error: {reason}")]
     Shutdown { zone: u32, reason: String },
+    /// An in-memory space figure stopped matching the trees (a bug, never
+    /// a wrapped number).
+    #[error("zone {zone}: per-volume space table is inconsistent: {detail}")]
+    Accounting { zone: u32, detail: String },
     /// Another process or pool object holds the device's lock ([`crate::dev::DeviceLock`]).
     #[error("pool device {} is in use by another process or pool", path.display())]
     DeviceInUse { path: std::path::PathBuf },

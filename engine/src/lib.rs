@@ -42,5 +42,5 @@ pub use lifecycle::PoolUsage;
 pub use pool::{Pool, PoolOptions};
 pub use pool_catalog::PoolCatalog;
 pub use volume::VolInfo;
-pub use zone::{Problem, Zone, ZoneConfig};
+pub use zone::{Problem, VolumeSpace, Zone, ZoneConfig};
 pub use zones::{ZoneOp, ZoneOut, ZoneUsage, Zones};

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::format::{Catalog, Compression, Geometry, VolumeEntry, VOL_DELETING};
 use crate::pool_catalog::PoolCatalog;
 use crate::volume::{check_size, VolInfo};
-use crate::zone::{Problem, ZoneStats};
+use crate::zone::{Problem, VolumeSpace, ZoneStats};
 use crate::zones::{ZoneOp, ZoneOut, ZoneUsage, Zones};
 use futures::future::join_all;
 use std::collections::HashMap;
@@ -247,6 +247,25 @@ pub async fn usage<Z: Zones>(geo: &Geometry, zones: &Z) -> Result<PoolUsage> {
         other => Err(unexpected(other)),
     });
     Ok(PoolUsage::gather(geo, parts.collect::<Result<Vec<_>>>()?))
+}
+
+/// Space each volume takes, summed over every zone, by volume id: chunks
+/// mapped, their logical bytes, and the data blocks they occupy (see
+/// [`VolumeSpace`]). Volumes with nothing mapped are absent. Each zone
+/// builds its table from its forward map on first use.
+pub async fn volume_space<Z: Zones>(zones: &Z) -> Result<HashMap<u32, VolumeSpace>> {
+    let mut out: HashMap<u32, VolumeSpace> = HashMap::new();
+    for o in zones.on_every_zone(ZoneOp::VolumeSpace).await? {
+        match o {
+            ZoneOut::VolumeSpace(vols) => {
+                for (v, s) in vols {
+                    out.entry(v).or_default().add(&s);
+                }
+            }
+            other => return Err(unexpected(other)),
+        }
+    }
+    Ok(out)
 }
 
 /// Scrub every zone against the catalog (`deep` reads every chunk);

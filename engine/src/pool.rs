@@ -12,9 +12,10 @@ use crate::format::{Compression, Geometry, VolumeEntry};
 use crate::lifecycle::{self, PoolUsage};
 use crate::pool_catalog::PoolCatalog;
 use crate::volume::VolInfo;
-use crate::zone::{Problem, Zone, ZoneConfig};
+use crate::zone::{Problem, VolumeSpace, Zone, ZoneConfig};
 use crate::zones::{zone_usage, ZoneOp, ZoneOut, Zones};
 use futures::future::join_all;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 #[derive(Debug, Clone)]
@@ -175,6 +176,11 @@ impl<D: BlockDev> Pool<D> {
 
     pub fn usage(&self) -> PoolUsage {
         PoolUsage::gather(self.geometry(), self.zones.iter().map(zone_usage))
+    }
+
+    /// Space each volume takes, by volume id ([`lifecycle::volume_space`]).
+    pub async fn volume_space(&self) -> Result<HashMap<u32, VolumeSpace>> {
+        lifecycle::volume_space(self).await
     }
 
     /// Scrub every zone; `deep` also reads and verifies every chunk.

@@ -12,7 +12,7 @@ use crate::dev::BlockDev;
 use crate::error::Result;
 use crate::format::ZoneCounters;
 use crate::volume::VolInfo;
-use crate::zone::{Problem, Zone, ZoneStats};
+use crate::zone::{Problem, VolumeSpace, Zone, ZoneStats};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -57,6 +57,8 @@ pub enum ZoneOp {
     Checkpoint,
     /// Space and counters.
     Usage,
+    /// Space of each volume with chunks in the zone.
+    VolumeSpace,
     /// Scrub against the catalog's volumes (by id); `deep` reads every chunk.
     Check {
         vols: Arc<HashMap<u32, VolInfo>>,
@@ -70,6 +72,8 @@ pub enum ZoneOut {
     Done,
     Mapped(bool),
     Usage(ZoneUsage),
+    /// (volume id, its space in the zone), by id.
+    VolumeSpace(Vec<(u32, VolumeSpace)>),
     Problems(Vec<Problem>),
 }
 
@@ -102,6 +106,7 @@ impl ZoneOp {
             ZoneOp::Flush => z.flush().await?,
             ZoneOp::Checkpoint => z.checkpoint().await?,
             ZoneOp::Usage => return Ok(ZoneOut::Usage(zone_usage(z))),
+            ZoneOp::VolumeSpace => return Ok(ZoneOut::VolumeSpace(z.volume_space().await?)),
             ZoneOp::Check { vols, deep } => {
                 return Ok(ZoneOut::Problems(z.check(&vols, deep).await?))
             }

@@ -6,7 +6,16 @@
 //! - a volume whose resize was cut short has the old or the new size, and
 //!   what a shrink cut off reads as zeros (or, if the shrink did not finish,
 //!   as before); a grow reads zeros,
-//! - scrub (`check`, deep) finds nothing.
+//! - scrub (`check`, deep) finds nothing,
+//! - each volume's space (`Pool::volume_space`) is what the data says: a
+//!   chunk is mapped exactly when it holds a non-zero byte, it occupies at
+//!   least one and at most chunk-size / 4 KiB blocks, and the volumes'
+//!   blocks add up to the zones' data-block counters.
+//!
+//! The same space check (plus a scrub, which compares each zone's
+//! per-volume table with its trees) also runs now and then during the
+//! workload, so the table is checked both as kept up by commits and as
+//! rebuilt after recovery.
 //!
 //! The workload also checks that after a shrink, I/O through a `VolInfo`
 //! with the old size (an NBD connection opened before) is refused.
@@ -108,6 +117,10 @@ struct Model {
     next_w: u64,
     flushes: u64,
     resizes: Resizes,
+    /// An invariant the workload found broken (ends the episode).
+    violation: Option<String>,
+    /// Space checks passed.
+    space_checks: u64,
 }
 
 /// What the resizes of an episode did.
@@ -163,6 +176,8 @@ struct Totals {
     damaged: HashMap<&'static str, u64>,
     /// Damaged B+tree nodes that recovery, a read or scrub reported.
     damage_reported: u64,
+    /// Per-volume space checks passed (during workloads and after recovery).
+    space_checks: u64,
 }
 
 /// The structure a pool-absolute metadata block belongs to.
@@ -245,6 +260,8 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
         next_w: 1,
         flushes: 0,
         resizes: Resizes::default(),
+        violation: None,
+        space_checks: 0,
     };
     let fill = seed % 7 == 3;
     let rounds = rng.gen_range(1..=3);
@@ -271,6 +288,9 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
                 }
             }
         });
+        if let Some(v) = m.violation.take() {
+            return Err(format!("round {round}, during the workload: {v}"));
+        }
         tot.flushes_before_crash += m.flushes;
         tot.crash_points += 1;
         dev.crash();
@@ -330,6 +350,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
             return Ok(());
         }
     }
+    tot.space_checks += m.space_checks;
     tot.resizes.grows += m.resizes.grows;
     tot.resizes.shrinks += m.resizes.shrinks;
     tot.resizes.stale_refused += m.resizes.stale_refused;
@@ -454,7 +475,69 @@ fn verify(
             }
         }
     }
+    // The rebuilt per-volume table against the data just read back.
+    if !node_damaged {
+        match block_on(space_matches(pool, m)) {
+            Ok(()) => m.space_checks += 1,
+            Err(SpaceCheck::Violated(v)) => return Err(format!("after recovery: {v}")),
+            Err(SpaceCheck::Failed(e)) => return Err(format!("volume space: {e}")),
+        }
+    }
     Ok(reported)
+}
+
+enum SpaceCheck {
+    /// The figures disagree with the data.
+    Violated(String),
+    /// The pool failed to answer (an I/O error or a crash).
+    Failed(Error),
+}
+
+/// Each volume's space against the model's current data: a chunk is
+/// mapped exactly when one of its sectors holds a write that is not zeros;
+/// its blocks are between one and chunk-size / 4 KiB; the volumes' blocks
+/// and logical bytes add up to the zones' counters.
+async fn space_matches(pool: &Pool<SimDev>, m: &Model) -> Result<(), SpaceCheck> {
+    let space = pool.volume_space().await.map_err(SpaceCheck::Failed)?;
+    let bad = |s: String| Err(SpaceCheck::Violated(s));
+    for (name, vm) in &m.vols {
+        let cs = vm.info.chunk_size();
+        let per_chunk = cs / SECTOR;
+        let chunks = vm
+            .cands
+            .chunks(per_chunk)
+            .filter(|secs| {
+                secs.iter().any(|c| {
+                    let w = *c.last().unwrap_or(&0);
+                    w != 0 && !matches!(m.kinds.get(&w), Some(Kind::Zero) | None)
+                })
+            })
+            .count() as u64;
+        let got = space.get(&vm.info.id).copied().unwrap_or_default();
+        let max_blocks = chunks * (cs / BLOCK_SIZE) as u64;
+        if got.chunks != chunks || got.mapped_bytes != chunks * cs as u64 {
+            return bad(format!(
+                "volume {name}: {got:?}, but {chunks} of its {cs}-byte chunks hold data"
+            ));
+        }
+        if got.data_blocks < chunks || got.data_blocks > max_blocks {
+            return bad(format!(
+                "volume {name}: {got:?}: {chunks} chunks need 1..={} blocks each",
+                cs / BLOCK_SIZE
+            ));
+        }
+    }
+    let u = pool.usage();
+    let blocks: u64 = space.values().map(|s| s.allocated_bytes()).sum();
+    let logical: u64 = space.values().map(|s| s.mapped_bytes).sum();
+    if blocks != u.data_bytes || logical != u.logical_used_bytes {
+        return bad(format!(
+            "volumes add up to {blocks} allocated / {logical} mapped bytes, the zones \
+             count {} / {}",
+            u.data_bytes, u.logical_used_bytes
+        ));
+    }
+    Ok(())
 }
 
 async fn step(
@@ -500,6 +583,24 @@ async fn step(
             pool.flush().await?;
             m.flushes += 1;
             m.flushed();
+        }
+        21..=23 => {
+            // Space as the commits keep it, then a scrub that compares
+            // each zone's per-volume table with its trees.
+            match space_matches(pool, m).await {
+                Ok(()) => m.space_checks += 1,
+                Err(SpaceCheck::Failed(e)) => return Err(e),
+                Err(SpaceCheck::Violated(v)) => {
+                    m.violation = Some(v);
+                    return Err(Error::Invalid("space check failed".into()));
+                }
+            }
+            let problems = pool.check(false).await?;
+            if !problems.is_empty() {
+                let p: Vec<String> = problems.iter().take(10).map(|p| p.to_string()).collect();
+                m.violation = Some(format!("scrub found {} problems: {p:#?}", problems.len()));
+                return Err(Error::Invalid("scrub failed".into()));
+            }
         }
         _ if !live.is_empty() => {
             let name = &live[rng.gen_range(0..live.len())];

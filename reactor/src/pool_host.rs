@@ -19,7 +19,8 @@ use sluice_engine::format::{probe_file, uuid_hex, Catalog, Geometry, Probe, Volu
 use sluice_engine::lifecycle;
 use sluice_engine::volume::{ChunkSpan, VolInfo, WritePiece};
 use sluice_engine::{
-    AlignedBuf, Compression, Error, PoolCatalog, PoolUsage, Problem, Result, Zone, ZoneConfig,
+    AlignedBuf, Compression, Error, PoolCatalog, PoolUsage, Problem, Result, VolumeSpace, Zone,
+    ZoneConfig,
 };
 use smallvec::{smallvec, SmallVec};
 use std::cell::RefCell;
@@ -601,6 +602,12 @@ impl PoolHost {
     pub fn report(&self) -> Result<PoolReport> {
         let geo = self.geo.clone();
         self.control(move |_, z| async move { lifecycle::usage(&geo, &z).await })
+    }
+
+    /// Space each volume takes, by volume id ([`lifecycle::volume_space`]):
+    /// every reactor asks its zones, in parallel. Blocking (control plane).
+    pub fn volume_space(&self) -> Result<std::collections::HashMap<u32, VolumeSpace>> {
+        self.control(|_, z| async move { lifecycle::volume_space(&z).await })
     }
 
     /// Zones each reactor owns.

@@ -2,7 +2,7 @@
 //! and (deep) every chunk's stored bytes. Reports every inconsistency
 //! precisely instead of stopping at the first.
 
-use super::Zone;
+use super::{VolumeSpace, Zone};
 use crate::bitmap::Bitmap;
 use crate::dev::BlockDev;
 use crate::error::Result;
@@ -47,7 +47,7 @@ impl<D: BlockDev> Zone<D> {
             );
         }
         let g = &*self.geo;
-        let (lrecs, rrecs) = {
+        let (lrecs, rrecs, space) = {
             let mut t = self.trees.lock().await;
             for s in t.lmap.check().await? {
                 p("lmap", s);
@@ -59,7 +59,11 @@ impl<D: BlockDev> Zone<D> {
             t.lmap.for_each(|r| l.push(*r)).await?;
             let mut r: Vec<RmapRec> = Vec::new();
             t.rmap.for_each(|x| r.push(*x)).await?;
-            (l, r)
+            // The per-volume table as it stands with these trees (same hold
+            // of the trees lock: no commit in between).
+            let st = self.st.borrow();
+            let s = &st.space;
+            (l, r, (s.by_vol.clone(), s.covered, s.broken.clone()))
         };
 
         // Forward map -> reverse map, volumes and sizes.
@@ -68,11 +72,20 @@ impl<D: BlockDev> Zone<D> {
             .map(|r| ((r.pblk, r.owner, r.offset), *r))
             .collect();
         let mut counters = ZoneCounters::default();
+        let (space_table, space_covered, space_broken) = space;
+        let mut space_trees: HashMap<u32, VolumeSpace> = HashMap::new();
         for l in &lrecs {
             let e = l.ext;
             counters.mapped_chunks += 1;
             counters.logical_bytes += e.chunk_size();
             counters.data_blocks += e.nblk as u64;
+            if space_covered.covers((l.vol, l.chunk)) {
+                space_trees.entry(l.vol).or_default().add(&VolumeSpace {
+                    chunks: 1,
+                    mapped_bytes: e.chunk_size(),
+                    data_blocks: e.nblk as u64,
+                });
+            }
             match vols.get(&l.vol) {
                 None => p(
                     "lmap",
@@ -212,6 +225,27 @@ impl<D: BlockDev> Zone<D> {
                         st.counters, counters
                     ),
                 );
+            }
+        }
+        match space_broken {
+            Some(why) => p("counters", format!("per-volume space table broken: {why}")),
+            None => {
+                let mut vols: Vec<u32> = space_table
+                    .keys()
+                    .chain(space_trees.keys())
+                    .copied()
+                    .collect();
+                vols.sort_unstable();
+                vols.dedup();
+                for v in vols {
+                    let (have, want) = (space_table.get(&v), space_trees.get(&v));
+                    if have != want {
+                        p(
+                            "counters",
+                            format!("volume {v}: per-volume space {have:?}, trees say {want:?}"),
+                        );
+                    }
+                }
             }
         }
 

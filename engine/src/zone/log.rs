@@ -97,6 +97,7 @@ impl<D: BlockDev> Zone<D> {
                 st.counters.mapped_chunks += 1;
                 st.counters.logical_bytes += ext.chunk_size();
                 st.counters.data_blocks += ext.nblk as u64;
+                st.space.mapped(vol, chunk, &ext);
             }
             Record::Unmap { vol, chunk } => {
                 if let Some(o) = t.lmap.remove(&(vol, chunk)).await? {
@@ -155,6 +156,7 @@ impl<D: BlockDev> Zone<D> {
         st.counters.mapped_chunks -= 1;
         st.counters.logical_bytes -= e.chunk_size();
         st.counters.data_blocks -= n as u64;
+        st.space.unmapped(vol, chunk, &e);
         Ok(())
     }
 

@@ -10,14 +10,17 @@
 //! - `check`: scrub (cross-checks of lmap, rmap, bitmap and counters).
 //! - `bounds`: volume ends the zone enforces after a resize, and its share
 //!   of a shrink.
+//! - `space`: the per-volume space table (mapped chunks and data blocks).
 
 mod bounds;
 mod check;
 mod io;
 mod log;
 mod recovery;
+mod space;
 
 pub use check::Problem;
+pub use space::VolumeSpace;
 
 use crate::bitmap::Bitmap;
 use crate::btree::{Btree, DevTarget};
@@ -110,6 +113,8 @@ pub(crate) struct ZoneState {
     pending: Vec<(u64, Record)>,
     sb_gen: u64,
     counters: ZoneCounters,
+    /// Per-volume space, built on first use (see `space`).
+    space: space::SpaceTable,
     failed: Option<String>,
     stats: ZoneStats,
 }
@@ -130,6 +135,8 @@ pub struct Zone<D: BlockDev> {
     trees: Mutex<Trees<D>>,
     /// Orders log writes and checkpoints. Lock order: log_lock, then trees.
     log_lock: LocalMutex,
+    /// One build of the per-volume space table at a time (taken before trees).
+    space_build: LocalMutex,
     st: RefCell<ZoneState>,
     /// Per-(volume, chunk) ordering of reads and writes.
     chunks: KeyedRwLock<(u32, u64)>,

@@ -39,6 +39,7 @@ impl<D: BlockDev> Zone<D> {
             meta,
             trees: Mutex::new(trees),
             log_lock: LocalMutex::default(),
+            space_build: LocalMutex::default(),
             st: RefCell::new(st),
             chunks: KeyedRwLock::default(),
             ends: RefCell::default(),
@@ -73,6 +74,7 @@ impl<D: BlockDev> Zone<D> {
             pending: Vec::new(),
             sb_gen,
             counters,
+            space: Default::default(),
             failed: None,
             stats: ZoneStats::default(),
         }

@@ -10,9 +10,15 @@
 //! `--rpc-tcp ADDR` serves JSON-RPC over TCP as well (off by default). JSON-RPC has
 //! no authentication, so ADDR must be a loopback address unless
 //! `--rpc-tcp-insecure` is given (docs/decisions.md).
+//!
+//! The `--nbd-*` flags shape the default NBD server, which a first start
+//! creates with `nbd_server_start` (the same checks as the RPC: a TCP
+//! address that is not loopback needs `--nbd-tls-x509`, `--nbd-tls-psk` or
+//! `--nbd-insecure`). The saved config records them; a start that replays
+//! a config says so when such flags are given, and does not use them.
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use nix::sys::signal::{SigSet, Signal};
 use serde_json::json;
 use sluice_engine::ZoneConfig;
@@ -58,9 +64,29 @@ struct Args {
     /// Zone size for a newly created default pool.
     #[arg(long, default_value = "256M")]
     zone_size: String,
-    /// Default NBD TCP listen address ("none" to disable).
+    /// Default NBD TCP listen address ("none" to disable). An address that
+    /// is not loopback (e.g. 0.0.0.0:10809) needs --nbd-tls-x509,
+    /// --nbd-tls-psk or --nbd-insecure.
     #[arg(long, default_value = "127.0.0.1:10809")]
     nbd_tcp: String,
+    /// Budget for the request and reply buffers all NBD connections have in
+    /// flight together (default 256M, at least 1M): a connection that finds
+    /// it spent stops reading its socket until replies go out.
+    #[arg(long, value_name = "SIZE")]
+    nbd_memory: Option<String>,
+    /// Require TLS on the NBD TCP listener, with X.509 certificates from DIR
+    /// (server-cert.pem, server-key.pem; with ca-cert.pem, client
+    /// certificates are required and checked).
+    #[arg(long, value_name = "DIR", conflicts_with = "nbd_tls_psk")]
+    nbd_tls_x509: Option<PathBuf>,
+    /// Require TLS on the NBD TCP listener, with pre-shared keys from FILE
+    /// (lines of username:hexkey, as psktool writes them).
+    #[arg(long, value_name = "FILE")]
+    nbd_tls_psk: Option<PathBuf>,
+    /// Allow plaintext NBD on a TCP address that is not loopback: anyone who
+    /// can reach it reads and writes the exports.
+    #[arg(long)]
+    nbd_insecure: bool,
     /// Metadata cache per zone, in 4 KiB nodes.
     #[arg(long, default_value_t = 1024)]
     cache_nodes: usize,
@@ -76,7 +102,16 @@ static ALLOC: sluice_reactor::alloc_count::CountingAlloc =
     sluice_reactor::alloc_count::CountingAlloc;
 
 fn main() -> Result<()> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let nbd_flags = nbd_flags_given(&matches, &args);
+    // Checked on every start, used on the first.
+    let nbd_memory = args
+        .nbd_memory
+        .as_deref()
+        .map(parse_size)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--nbd-memory: {e}"))?;
     // Event log: one line per event on stderr, from here on.
     let level = args
         .log_level
@@ -123,6 +158,16 @@ fn main() -> Result<()> {
     // it names may be gone: a deleted pool file, a removed volume); one of
     // an explicit --config stops the start (see docs/decisions.md).
     let saved = data_dir.join("config.json");
+    let replayed = args.config.as_ref().or(saved.exists().then_some(&saved));
+    if let (Some(c), false) = (replayed, nbd_flags.is_empty()) {
+        log::warn!(
+            "{} shape the default NBD server of a first start; this start replays {} \
+             and does not use them (change a running server with nbd_server_stop and \
+             nbd_server_start, which the saved config then keeps)",
+            nbd_flags.join(", "),
+            c.display()
+        );
+    }
     let (calls, strict) = if let Some(c) = &args.config {
         (config::read_calls(c).map_err(anyhow::Error::msg)?, true)
     } else if saved.exists() {
@@ -131,7 +176,7 @@ fn main() -> Result<()> {
             false,
         )
     } else {
-        (default_calls(&args, &data_dir)?, true)
+        (default_calls(&args, &data_dir, nbd_memory)?, true)
     };
     let mut skipped = 0;
     for (method, params) in calls {
@@ -139,7 +184,20 @@ fn main() -> Result<()> {
             let shown = logger::short_json(&params);
             if strict {
                 daemon.shutdown();
-                bail!("start-up call {method} {shown} failed: {e}");
+                if replayed.is_none() {
+                    // A first start that failed half way: what it saved
+                    // would make the next start a replay without the rest
+                    // (e.g. no NBD server); without it, the next start is
+                    // a first start again and imports the pool it made.
+                    let _ = std::fs::remove_file(&saved);
+                }
+                let hint = if method == "nbd_server_start" && replayed.is_none() {
+                    " (the default NBD server: see --nbd-tcp, --nbd-tls-x509, --nbd-tls-psk, \
+                     --nbd-insecure and --nbd-memory)"
+                } else {
+                    ""
+                };
+                bail!("start-up call {method} {shown} failed: {e}{hint}");
             }
             log::error!("saved config: {method} {shown} failed, skipped: {e}");
             skipped += 1;
@@ -312,10 +370,54 @@ fn banner(daemon: &Daemon, servers: &[ServerHandle], cores: &[usize]) {
     }
 }
 
+/// The `--nbd-*` flags given on the command line (not defaulted).
+fn nbd_flags_given(m: &clap::ArgMatches, args: &Args) -> Vec<&'static str> {
+    let mut given = Vec::new();
+    if m.value_source("nbd_tcp") == Some(clap::parser::ValueSource::CommandLine) {
+        given.push("--nbd-tcp");
+    }
+    for (on, flag) in [
+        (args.nbd_memory.is_some(), "--nbd-memory"),
+        (args.nbd_tls_x509.is_some(), "--nbd-tls-x509"),
+        (args.nbd_tls_psk.is_some(), "--nbd-tls-psk"),
+        (args.nbd_insecure, "--nbd-insecure"),
+    ] {
+        if on {
+            given.push(flag);
+        }
+    }
+    given
+}
+
+/// The first start's `nbd_server_start` params from the `--nbd-*` flags.
+/// TLS paths are resolved (made absolute) by the method itself, against
+/// this process's working directory: the user's.
+fn default_nbd_params(
+    args: &Args,
+    data_dir: &std::path::Path,
+    memory: Option<u64>,
+) -> serde_json::Value {
+    let tcp = (args.nbd_tcp != "none").then(|| args.nbd_tcp.clone());
+    let mut p = json!({"unix": data_dir.join("nbd.sock"), "tcp": tcp});
+    match (&args.nbd_tls_x509, &args.nbd_tls_psk) {
+        (Some(dir), _) => p["tls"] = json!({"mode": "x509", "dir": dir}),
+        (None, Some(file)) => p["tls"] = json!({"mode": "psk", "psk_file": file}),
+        (None, None) => {}
+    }
+    if args.nbd_insecure {
+        p["insecure"] = json!(true);
+    }
+    if let Some(m) = memory {
+        p["memory"] = json!(m);
+    }
+    p
+}
+
 /// First start: the default pool, volume and exports.
 fn default_calls(
     args: &Args,
     data_dir: &std::path::Path,
+    nbd_memory: Option<u64>,
 ) -> Result<Vec<(String, serde_json::Value)>> {
     let pool_path = data_dir.join("pool0.img");
     let size = parse_size(&args.pool_size).map_err(|e| anyhow::anyhow!("--pool-size: {e}"))?;
@@ -331,11 +433,6 @@ fn default_calls(
             json!({"name": "pool0", "path": pool_path, "size": size, "zone_size": zone}),
         )
     }];
-    let tcp = (args.nbd_tcp != "none").then(|| args.nbd_tcp.clone());
-    calls.push((
-        "nbd_server_start".into(),
-        json!({"unix": data_dir.join("nbd.sock"), "tcp": tcp}),
-    ));
     if !args.no_default_volume {
         if !pool_path.exists() {
             calls.push((
@@ -345,5 +442,11 @@ fn default_calls(
         }
         calls.push(("nbd_export_add".into(), json!({"volume": "vol0"})));
     }
+    // Last: should the NBD flags be refused, the pool and its volume exist
+    // and a retry with other flags imports them (its saved config is removed).
+    calls.push((
+        "nbd_server_start".into(),
+        default_nbd_params(args, data_dir, nbd_memory),
+    ));
     Ok(calls)
 }

@@ -259,6 +259,11 @@ pub enum Command {
         /// reach it reads and writes the exports.
         #[arg(long)]
         insecure: bool,
+        /// Budget for the request and reply buffers all NBD connections have in
+        /// flight together, e.g. 64M (default 256M, at least 1M). A connection
+        /// that finds it spent stops reading its socket until replies go out.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        memory: Option<u64>,
     },
     /// Stop the NBD server (listeners closed, clients disconnected); exports stay
     /// defined and are served again after nbd_server_start.
@@ -410,6 +415,7 @@ impl Command {
                 tls_x509,
                 tls_psk,
                 insecure,
+                memory,
             } => {
                 let tls = match (tls_x509, tls_psk) {
                     (Some(dir), _) => Some(json!({"mode": "x509", "dir": absolute(&dir)})),
@@ -422,6 +428,7 @@ impl Command {
                         .opt("tcp", tcp)
                         .opt("tls", tls)
                         .flag("insecure", insecure)
+                        .opt("memory", memory)
                         .done(),
                 )
             }
@@ -704,6 +711,10 @@ mod tests {
         assert_eq!(
             request(&["nbd_server_start", "--tcp", "0.0.0.0:10809", "--insecure"]).1,
             json!({"tcp": "0.0.0.0:10809", "insecure": true})
+        );
+        assert_eq!(
+            request(&["nbd_server_start", "--memory", "64M"]).1,
+            json!({"memory": 64u64 << 20})
         );
         let both = Cli::try_parse_from([
             "sluice",

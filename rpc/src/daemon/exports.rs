@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_engine::volume::VolInfo;
+use sluice_reactor::nbd::server::DEFAULT_MEMORY_BUDGET;
 use sluice_reactor::nbd::{
     ExportInfo, ExportProvider, ListenSpec, NbdServer, NbdServerError, ServerConfig, TlsConfig,
     TlsCredentials, TlsServer,
@@ -76,7 +77,25 @@ pub struct NbdState {
     server: NbdServer,
     pub unix: Option<PathBuf>,
     pub tcp: Option<String>,
+    /// The in-flight buffer budget of all connections, in bytes.
+    pub memory: usize,
 }
+
+/// What `nbd_server_start` starts (its params, checked).
+#[derive(Debug, Clone, Default)]
+pub struct NbdStartOptions {
+    pub unix: Option<PathBuf>,
+    pub tcp: Option<String>,
+    pub tls: Option<NbdTlsParams>,
+    /// Allow plaintext on a TCP address that is not loopback.
+    pub insecure: bool,
+    /// In-flight buffer budget in bytes (`None`: [`DEFAULT_MEMORY_BUDGET`]).
+    pub memory: Option<u64>,
+}
+
+/// The smallest `memory` `nbd_server_start` takes: below it every
+/// connection would wait on every other for each request.
+pub const MIN_NBD_MEMORY: u64 = 1 << 20;
 
 impl NbdState {
     pub fn stop(self) {
@@ -256,13 +275,25 @@ impl Daemon {
             .collect()
     }
 
-    pub fn nbd_start(
-        &self,
-        unix: Option<PathBuf>,
-        tcp: Option<String>,
-        tls: Option<&NbdTlsParams>,
-        insecure: bool,
-    ) -> Result<Value, RpcError> {
+    pub fn nbd_start(&self, o: NbdStartOptions) -> Result<Value, RpcError> {
+        let NbdStartOptions {
+            unix,
+            tcp,
+            tls,
+            insecure,
+            memory,
+        } = o;
+        let memory = match memory {
+            None => DEFAULT_MEMORY_BUDGET,
+            Some(m) if m < MIN_NBD_MEMORY => {
+                return Err(RpcError::invalid_params(format!(
+                    "memory {m} is below the minimum of {MIN_NBD_MEMORY} bytes (1M)"
+                )))
+            }
+            Some(m) => usize::try_from(m).map_err(|_| {
+                RpcError::invalid_params(format!("memory {m} does not fit this machine"))
+            })?,
+        };
         let mut g = lock(&self.nbd)?;
         if g.is_some() {
             return Err(RpcError::exists("the NBD server is already running"));
@@ -280,7 +311,7 @@ impl Daemon {
         let provider = Arc::new(Provider {
             table: self.export_table.clone(),
         });
-        let tls = match tls {
+        let tls = match &tls {
             Some(t) => Some(
                 TlsServer::load(&t.config()?)
                     .map_err(|e| RpcError::invalid_params(format!("tls: {e}")))?,
@@ -290,6 +321,7 @@ impl Daemon {
         let config = ServerConfig {
             tls,
             insecure,
+            memory_budget: memory,
             ..ServerConfig::default()
         };
         let server = NbdServer::start_with(&self.reactors.handle(), listen, provider, config)
@@ -301,10 +333,15 @@ impl Daemon {
             server,
             unix: unix.clone(),
             tcp: tcp.clone(),
+            memory,
         };
-        log::info!("NBD server started, listening on {}", st.addresses());
+        log::info!(
+            "NBD server started, listening on {}, in-flight buffer budget {}",
+            st.addresses(),
+            crate::size::format_size(memory as u64)
+        );
         *g = Some(st);
-        Ok(json!({"unix": unix, "tcp": tcp}))
+        Ok(json!({"unix": unix, "tcp": tcp, "memory_bytes": memory}))
     }
 
     /// Stop the NBD server: listeners closed, clients disconnected; the

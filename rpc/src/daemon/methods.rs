@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_engine::format::{probe_file, uuid_hex, Probe};
-use sluice_engine::Compression;
+use sluice_engine::{Compression, VolumeSpace};
 use sluice_reactor::PoolHost;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -114,6 +114,8 @@ struct NbdStart {
     tls: Option<super::exports::NbdTlsParams>,
     #[serde(default)]
     insecure: bool,
+    /// In-flight buffer budget of all connections (default 256 MiB).
+    memory: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +171,28 @@ fn volume_json(pool: &str, v: &sluice_engine::format::VolumeEntry) -> Value {
         "id": v.id,
         "pool": pool,
         "size": v.size,
+        "chunk_size": v.chunk_size(),
+        "compression": v.compression.name(),
+        "read_only": v.read_only(),
+    })
+}
+
+/// A volume as `volume_get_volumes` lists it: [`volume_json`] plus its
+/// space, after `size`: `mapped_bytes` (logical bytes of its mapped chunks)
+/// and `allocated_bytes` (the 4 KiB data blocks those chunks occupy on the
+/// pool, x 4096). See docs/decisions.md, "Space".
+fn volume_listing(
+    pool: &str,
+    v: &sluice_engine::format::VolumeEntry,
+    space: &VolumeSpace,
+) -> Value {
+    json!({
+        "name": v.name,
+        "id": v.id,
+        "pool": pool,
+        "size": v.size,
+        "mapped_bytes": space.mapped_bytes,
+        "allocated_bytes": space.allocated_bytes(),
         "chunk_size": v.chunk_size(),
         "compression": v.compression.name(),
         "read_only": v.read_only(),
@@ -389,10 +413,20 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         };
         let mut out = Vec::new();
         for pool in &pools {
-            for v in pool.catalog().volumes.iter().filter(|v| !v.deleting()) {
-                if p.name.as_ref().is_none_or(|n| n == &v.name) {
-                    out.push(volume_json(&pool.name, v));
-                }
+            let picked: Vec<_> = pool
+                .catalog()
+                .volumes
+                .into_iter()
+                .filter(|v| !v.deleting() && p.name.as_ref().is_none_or(|n| n == &v.name))
+                .collect();
+            if picked.is_empty() {
+                continue;
+            }
+            // One fan-out per pool: every zone reports all its volumes.
+            let space = pool.volume_space().map_err(rpc_err)?;
+            for v in &picked {
+                let s = space.get(&v.id).copied().unwrap_or_default();
+                out.push(volume_listing(&pool.name, v, &s));
             }
         }
         if let (Some(n), true) = (&p.name, out.is_empty()) {
@@ -417,10 +451,19 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
     register_change(reg, "nbd_server_start", move |p: NbdStart| {
         let unix = p.unix.unwrap_or_else(|| dd.opts.data_dir.join("nbd.sock"));
         let tls = p.tls.map(|t| t.resolved()).transpose()?;
-        let out = dd.nbd_start(Some(unix.clone()), p.tcp.clone(), tls.as_ref(), p.insecure)?;
-        dd.journal_nbd(Some(
-            json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure}),
-        ));
+        let memory = p.memory.map(|m| m.bytes());
+        let out = dd.nbd_start(super::exports::NbdStartOptions {
+            unix: Some(unix.clone()),
+            tcp: p.tcp.clone(),
+            tls: tls.clone(),
+            insecure: p.insecure,
+            memory,
+        })?;
+        let mut saved = json!({"unix": unix, "tcp": p.tcp, "tls": tls, "insecure": p.insecure});
+        if let Some(m) = memory {
+            saved["memory"] = json!(m);
+        }
+        dd.journal_nbd(Some(saved));
         Ok(out)
     });
 

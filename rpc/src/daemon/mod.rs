@@ -30,6 +30,7 @@ pub fn rpc_err(e: EngineError) -> RpcError {
         EngineError::Invalid(m) | EngineError::OutOfRange(m) => RpcError::invalid_params(m),
         EngineError::ReadOnly(m) => RpcError::invalid_state(format!("read-only: {m}")),
         e @ EngineError::Shutdown { .. } => RpcError::invalid_state(e.to_string()),
+        e @ EngineError::Accounting { .. } => RpcError::internal(e.to_string()),
         e @ EngineError::DeviceInUse { .. } => RpcError::busy(e.to_string()),
         e @ EngineError::PoolPresent { .. } => RpcError::exists(e.to_string()),
         e => RpcError::io(e.to_string()),
