@@ -25,7 +25,7 @@ use sluice_engine::ZoneConfig;
 use sluice_reactor::{Reactors, RingConfig};
 use sluice_rpc::daemon::{config, logger, methods, Daemon, DaemonOptions};
 use sluice_rpc::jsonrpc::{serve_unix, ListenAddr, MethodTable, Server, ServerHandle, Shutdown};
-use sluice_rpc::size::parse_size;
+use sluice_rpc::size::{format_size, parse_size};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -341,20 +341,20 @@ fn banner(daemon: &Daemon, servers: &[ServerHandle], cores: &[usize]) {
             .filter(|v| !v.deleting())
             .collect();
         log::info!(
-            "pool '{}': {} bytes, {} zones, {} volume(s), {}",
+            "pool '{}': {}, {} zones, {} volume(s), {}",
             p.name,
-            p.geometry().size_bytes(),
+            format_size(p.geometry().size_bytes()),
             p.geometry().nzones,
             vols.len(),
             p.path.display()
         );
         for v in vols {
             log::info!(
-                "  volume '{}' of pool '{}': {} bytes, chunk {}, {}{}",
+                "  volume '{}' of pool '{}': {}, chunk {}, {}{}",
                 v.name,
                 p.name,
-                v.size,
-                v.chunk_size(),
+                format_size(v.size),
+                format_size(v.chunk_size() as u64),
                 v.compression.name(),
                 if v.read_only() { ", read-only" } else { "" }
             );

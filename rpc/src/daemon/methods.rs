@@ -246,10 +246,10 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         .map_err(rpc_err)?;
         let out = pool_json(&host);
         log::info!(
-            "pool '{}' created on {}: {} bytes, {} zones",
+            "pool '{}' created on {}: {}, {} zones",
             p.name,
             p.path.display(),
-            host.geometry().size_bytes(),
+            crate::size::format_size(host.geometry().size_bytes()),
             host.geometry().nzones
         );
         slot.commit(host)?;
@@ -283,9 +283,9 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         .map_err(rpc_err)?;
         let out = pool_json(&host);
         log::info!(
-            "pool '{name}' opened from {}: {} bytes, {} zones, {} volume(s)",
+            "pool '{name}' opened from {}: {}, {} zones, {} volume(s)",
             p.path.display(),
-            host.geometry().size_bytes(),
+            crate::size::format_size(host.geometry().size_bytes()),
             host.geometry().nzones,
             host.catalog()
                 .volumes
@@ -304,9 +304,9 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         dd.journal_drop_pool(&p.name);
         host.close().map_err(rpc_err)?;
         log::info!(
-            "pool '{}' closed ({} bytes, {})",
+            "pool '{}' closed ({}, {})",
             p.name,
-            host.geometry().size_bytes(),
+            crate::size::format_size(host.geometry().size_bytes()),
             host.path.display()
         );
         Ok(json!({"name": p.name}))
@@ -318,9 +318,9 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         dd.journal_drop_pool(&p.name);
         let file_removed = host.close_and_erase().map_err(rpc_err)?;
         log::info!(
-            "pool '{}' deleted ({} bytes, {}{})",
+            "pool '{}' deleted ({}, {}{})",
             p.name,
-            host.geometry().size_bytes(),
+            crate::size::format_size(host.geometry().size_bytes()),
             host.path.display(),
             if file_removed {
                 ", file removed"
@@ -488,10 +488,10 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         };
         dd.export_add(e.clone())?;
         log::info!(
-            "export '{name}' added: volume '{}' of pool '{}', {} bytes{}",
+            "export '{name}' added: volume '{}' of pool '{}', {}{}",
             vol.name,
             pool.name,
-            vol.size,
+            crate::size::format_size(vol.size),
             if p.read_only || vol.read_only() {
                 ", read-only"
             } else {
