@@ -1,4 +1,4 @@
-//! Every subcommand the daemon serves today, run from the `sluice` binary against
+//! Every subcommand the daemon serves, run from the `sluice` binary against
 //! the real daemon: the line saying what was done, tables without raw JSON, the
 //! help's limits as the daemon applies them, and `shutdown` returning only after
 //! the daemon process has exited.
@@ -217,4 +217,121 @@ fn import_uses_the_default_name_from_the_help() {
         out.starts_with(&format!("pool pool0 imported from {}\n", img.display())),
         "{out}"
     );
+}
+
+/// The methods added for issue 14, from the CLI against the real daemon:
+/// rename, read-only, iostat reset, an ambiguous name, NBD server stop and
+/// start, pool export, import and delete. Each prints what it did, and the
+/// daemon's state says it was done.
+#[test]
+fn lifecycle_subcommands_from_the_cli() {
+    let mut d = Sluiced::start("cli-lifecycle", &["--no-default-volume"]);
+    let dir = d.dir.clone();
+    let p1 = dir.join("p1.img");
+    let p1s = p1.to_str().unwrap();
+    ok(&d, &["pool_create", "p1", p1s, "--size", "1G"]);
+    ok(&d, &["volume_create", "v", "64M", "--pool", "pool0"]);
+    ok(&d, &["volume_create", "v", "64M", "--pool", "p1"]);
+
+    // A name in two pools without --pool is an error naming both, not a pick.
+    let o = sluice(&d, &["volume_rename", "v", "w"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(err.contains("pool0") && err.contains("p1"), "{err}");
+
+    let out = ok(&d, &["volume_rename", "v", "w", "--pool", "pool0"]);
+    assert!(out.starts_with("volume v renamed to w\n"), "{out}");
+    let out = ok(&d, &["volume_get_volumes", "--pool", "pool0"]);
+    assert!(out.contains("w ") && !out.contains("\nv "), "{out}");
+
+    ok(&d, &["nbd_export_add", "w", "--pool", "pool0"]);
+    run(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 3 0 64k", &d.uri("w")],
+    );
+    let out = ok(
+        &d,
+        &["volume_set_read_only", "w", "true", "--pool", "pool0"],
+    );
+    assert!(out.starts_with("volume w is now read-only\n"), "{out}");
+    // A write is refused now; a read still works.
+    let o = Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 4 0 4k", &d.uri("w")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        text.contains("Permission denied") || text.contains("not permitted"),
+        "a write to a read-only volume: {text}"
+    );
+    run(
+        "qemu-io",
+        &["-f", "raw", "-r", "-c", "read -P 3 0 64k", &d.uri("w")],
+    );
+    let out = ok(
+        &d,
+        &["volume_set_read_only", "w", "false", "--pool", "pool0"],
+    );
+    assert!(out.starts_with("volume w is now writable\n"), "{out}");
+
+    // iostat --reset prints the counters before the reset, then they are zero.
+    let out = ok(
+        &d,
+        &[
+            "volume_get_iostat",
+            "--name",
+            "w",
+            "--pool",
+            "pool0",
+            "--reset",
+        ],
+    );
+    assert!(out.contains("counters reset"), "{out}");
+    let js = ok(
+        &d,
+        &[
+            "--json",
+            "volume_get_iostat",
+            "--name",
+            "w",
+            "--pool",
+            "pool0",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&js).unwrap();
+    let w = &v.as_array().unwrap()[0];
+    assert_eq!(w["read_ops"], 0, "{js}");
+    assert_eq!(w["write_ops"], 0, "{js}");
+
+    // NBD server stop: clients are refused; start serves the exports again.
+    assert_eq!(ok(&d, &["nbd_server_stop"]), "NBD server stopped\n");
+    let o = Command::new("nbdinfo")
+        .args(["--size", &d.uri("w")])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "nbdinfo after nbd_server_stop succeeded"
+    );
+    let nbd = d.nbd_sock();
+    ok(&d, &["nbd_server_start", "--unix", nbd.to_str().unwrap()]);
+    let size = String::from_utf8(run("nbdinfo", &["--size", &d.uri("w")]).stdout).unwrap();
+    assert_eq!(size.trim(), (64u64 << 20).to_string());
+
+    // Pool export closes p1 and releases its file; import opens it again
+    // with its volume; delete removes the file.
+    assert_eq!(ok(&d, &["pool_export", "p1"]), "pool p1 closed\n");
+    let out = ok(&d, &["pool_get_pools"]);
+    assert!(!out.contains("p1"), "{out}");
+    let out = ok(&d, &["pool_import", p1s, "--name", "p1"]);
+    assert!(
+        out.starts_with(&format!("pool p1 imported from {p1s}\n")),
+        "{out}"
+    );
+    let out = ok(&d, &["volume_get_volumes", "--pool", "p1"]);
+    assert!(out.contains("v "), "{out}");
+    let out = ok(&d, &["pool_delete", "p1"]);
+    assert_eq!(out, format!("pool p1 deleted, {p1s} removed\n"));
+    assert!(!p1.exists(), "pool file removed");
+    d.stop();
 }
