@@ -5,7 +5,7 @@
 
 mod nbd_common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 use nbd_common::*;
 
@@ -25,49 +25,6 @@ fn qemu_img() -> Command {
 
 fn nbdcopy() -> Command {
     Command::new(require_tool("nbdcopy", "libnbd-bin"))
-}
-
-/// Run a Python script under nbdsh with `URI` in the environment; the
-/// script must print `OK` last.
-///
-/// nbdsh is a shell wrapper around `python3 -m nbd` found via PATH. When the
-/// first python3 on PATH cannot import the `nbd` module (e.g. a pyenv
-/// interpreter shadowing the system one the bindings were installed for),
-/// the directory nbdsh lives in — where its system python3 sits — is put
-/// first on PATH.
-fn nbdsh(uri: &str, script: &str) -> Output {
-    let nbdsh = require_tool("nbdsh", "python3-libnbd");
-    let mut path = std::env::var("PATH").unwrap_or_default();
-    let has_module = |path: &str| {
-        Command::new("python3")
-            .env("PATH", path)
-            .args(["-c", "import nbd"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
-    if !has_module(&path) {
-        let dir = nbdsh.parent().expect("nbdsh has a directory");
-        path = format!("{}:{path}", dir.display());
-        assert!(
-            has_module(&path),
-            "no python3 on PATH can import the nbd module: install python3-libnbd"
-        );
-    }
-    let out = run_ok(
-        Command::new(&nbdsh)
-            .env("PATH", path)
-            .env("URI", uri)
-            .arg("-c")
-            .arg(script),
-    );
-    assert!(
-        stdout(&out).trim_end().ends_with("OK"),
-        "nbdsh script did not finish:\n{}\n{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// Parse `nbdinfo --map` output into (offset, length, type, description).

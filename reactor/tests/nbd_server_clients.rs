@@ -7,12 +7,12 @@
 mod nbd_common;
 mod nbd_server_common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nbd_common::{random_bytes, require_tool, stdout};
+use nbd_common::{nbdsh, random_bytes, require_tool, stdout};
 use nbd_server_common::*;
 
 fn nbdinfo() -> Command {
@@ -29,34 +29,6 @@ fn qemu_img() -> Command {
 
 fn nbdcopy() -> Command {
     Command::new(require_tool("nbdcopy", "libnbd-bin"))
-}
-
-/// Run a Python script under nbdsh with `URI` in the environment; the
-/// script must print `OK` last. The directory of nbdsh (where the system
-/// python3 with the `nbd` module lives) goes first on PATH, in case another
-/// python3 (pyenv) shadows it.
-fn nbdsh(uri: &str, script: &str) -> Output {
-    let nbdsh = require_tool("nbdsh", "python3-libnbd");
-    let dir = nbdsh.parent().expect("nbdsh has a directory");
-    let path = format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = run_ok(
-        Command::new(&nbdsh)
-            .env("PATH", path)
-            .env("URI", uri)
-            .arg("-c")
-            .arg(script),
-    );
-    assert!(
-        stdout(&out).trim_end().ends_with("OK"),
-        "nbdsh script did not finish:\n{}\n{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// `nbdinfo --map` lines as (offset, length, type, description).

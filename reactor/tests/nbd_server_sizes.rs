@@ -21,39 +21,16 @@ mod nbd_server_common;
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use nbd_common::{
-    option_bytes, random_bytes, read_opt_reply, request_bytes, require_tool, stdout, RawClient,
+    nbdsh, option_bytes, random_bytes, read_opt_reply, request_bytes, require_tool, stdout,
+    RawClient,
 };
 use nbd_server_common::*;
 use sluice_reactor::nbd::proto::*;
 
 const EOVERFLOW: u32 = 75;
-
-fn nbdsh(uri: &str, script: &str) -> Output {
-    let nbdsh = require_tool("nbdsh", "python3-libnbd");
-    let dir = nbdsh.parent().expect("nbdsh has a directory");
-    let path = format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = run_ok(
-        Command::new(&nbdsh)
-            .env("PATH", path)
-            .env("URI", uri)
-            .arg("-c")
-            .arg(script),
-    );
-    assert!(
-        stdout(&out).trim_end().ends_with("OK"),
-        "nbdsh script did not finish:\n{}\n{}",
-        stdout(&out),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 fn qemu_io() -> Command {
     Command::new(require_tool("qemu-io", "qemu-utils"))

@@ -606,6 +606,34 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Run a Python script under nbdsh with `URI` in the environment; the
+/// script must print `OK` last. The directory of nbdsh (where the system
+/// python3 with the `nbd` module lives) goes first on PATH, in case another
+/// python3 (pyenv) shadows it.
+pub fn nbdsh(uri: &str, script: &str) -> Output {
+    let nbdsh = require_tool("nbdsh", "python3-libnbd");
+    let dir = nbdsh.parent().expect("nbdsh has a directory");
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run_ok(
+        Command::new(&nbdsh)
+            .env("PATH", path)
+            .env("URI", uri)
+            .arg("-c")
+            .arg(script),
+    );
+    assert!(
+        stdout(&out).trim_end().ends_with("OK"),
+        "nbdsh script did not finish:\n{}\n{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Deterministic test data: `len` bytes from a xorshift stream.
 pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
