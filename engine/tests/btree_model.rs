@@ -216,6 +216,21 @@ proptest! {
         apply_ops(&mut tree, &mut model, &ops, |_, _| {})?;
     }
 
+    /// `lookup_le` (XFS_LOOKUP_LE) against the model's predecessor, on a
+    /// deep tree, probing below, between, on and above the keys.
+    #[test]
+    fn btree_proptest_lookup_le(keys in prop::collection::btree_set(1..5000u64, 0..1500), probes in prop::collection::vec(0..5100u64, 1..200)) {
+        let target = Rc::new(MemTarget::new(1, 8).unwrap());
+        let mut tree = block_on(Btree::<Big, _>::create(target)).unwrap();
+        for &k in &keys {
+            block_on(tree.insert(common::Kv { k, v: k * 3 })).unwrap();
+        }
+        for p in probes.iter().copied().chain(keys.iter().copied()) {
+            let got = block_on(tree.lookup_le(&p)).unwrap().map(|r| r.k);
+            prop_assert_eq!(got, keys.range(..=p).next_back().copied(), "probe {}", p);
+        }
+    }
+
     /// With checkpoints; at the end the device image (every later write
     /// landed) reopened at the last checkpoint must hold that checkpoint's
     /// tree: nothing after it overwrote a block it references.

@@ -39,6 +39,20 @@ impl<O: BtreeOps, T: BufTarget> Btree<O, T> {
         }
     }
 
+    /// The record with the largest key `<= key`, as XFS's `XFS_LOOKUP_LE`
+    /// (for non-overlapping extent trees: the record that may cover `key`).
+    /// Parents hold each child's exact first key, so the leaf `key` descends
+    /// to holds that record unless every key in the tree is greater.
+    pub async fn lookup_le(&mut self, key: &O::Key) -> Result<Option<O::Rec>> {
+        let path = self.descend(key).await?;
+        let leaf = path[path.len() - 1].node.borrow();
+        Ok(match L::<O>::search(&leaf, key) {
+            Ok(i) => Some(L::<O>::rec(&leaf, i)),
+            Err(0) => None,
+            Err(i) => Some(L::<O>::rec(&leaf, i - 1)),
+        })
+    }
+
     /// Every record whose interval `[key, high_key]` intersects `[lo, hi]`,
     /// in key order, only keys after `after` (pass the last key of the
     /// previous page to continue), at most `limit`. Subtrees whose largest
