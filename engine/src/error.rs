@@ -69,6 +69,10 @@ pub enum Error {
     /// a wrapped number).
     #[error("zone {zone}: per-volume space table is inconsistent: {detail}")]
     Accounting { zone: u32, detail: String },
+    /// Sharing a block once more would wrap its reference count
+    /// ([`crate::refcount`]); nothing was changed.
+    #[error("zone {zone}: block {pblk} is already shared {refcount} times; one more reference would overflow its count")]
+    RefcountOverflow { zone: u32, pblk: u32, refcount: u32 },
     /// Another process or pool object holds the device's lock ([`crate::dev::DeviceLock`]).
     #[error("pool device {} is in use by another process or pool", path.display())]
     DeviceInUse { path: std::path::PathBuf },
@@ -117,6 +121,7 @@ impl Error {
             Error::Exists(_) => libc::EEXIST,
             Error::DeviceInUse { .. } => libc::EBUSY,
             Error::PoolPresent { .. } => libc::EEXIST,
+            Error::RefcountOverflow { .. } => libc::EOVERFLOW,
             _ => libc::EIO,
         }
     }

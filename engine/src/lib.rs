@@ -9,6 +9,7 @@
 //! - [`format`]: pool header, catalog and zone superblock layouts
 //! - [`btree`]: the one generic B+tree and its device / memfd buffer targets
 //! - [`lmap`], [`rmap`]: the forward and reverse maps (two uses of that B+tree)
+//! - [`refcount`]: reference counts of shared physical blocks (a third use)
 //! - [`intent_log`]: intent record and log block formats
 //! - [`zone`]: a zone's read/write paths, commit, checkpoint, recovery, scrub
 //! - [`volume`]: chunk geometry and placement of chunks on zones
@@ -29,6 +30,7 @@ pub mod lifecycle;
 pub mod lmap;
 pub mod pool;
 pub mod pool_catalog;
+pub mod refcount;
 pub mod rmap;
 pub mod sync;
 pub mod volume;
