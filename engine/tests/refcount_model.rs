@@ -225,7 +225,7 @@ fn run_ops<O: BtreeOps<Key = u32, Rec = RefcountRec>>(
             .filter_map(|r| {
                 let a = r.start.max(qs) as u64;
                 let e = r.end().min((qs + ql) as u64);
-                (a < e).then_some((a as u32, (e - a) as u32, r.refcount))
+                (a < e).then(|| (a as u32, (e - a) as u32, r.refcount))
             })
             .collect();
         prop_assert_eq!(got, want, "{}: shared_ranges {}+{}", &what, qs, ql);
