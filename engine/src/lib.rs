@@ -6,7 +6,7 @@
 //!
 //! Map of the crate:
 //! - [`dev`]: the block-I/O seam and its file, memory and crash-simulating devices
-//! - [`format`]: pool header, catalog and zone superblock layouts
+//! - [`format`](mod@format): pool header, catalog and zone superblock layouts
 //! - [`btree`]: the one generic B+tree and its device / memfd buffer targets
 //! - [`lmap`], [`rmap`]: the forward and reverse maps (two uses of that B+tree)
 //! - [`refcount`]: reference counts of shared physical blocks (a third use)

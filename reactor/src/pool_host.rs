@@ -3,7 +3,7 @@
 //! (no locks on the I/O path: only the owner touches a zone). Reactor 0 also
 //! owns the pool header and catalog. Volume I/O is split by chunk; reads and
 //! writes of chunks other reactors own travel through the forwarding lanes
-//! ([`crate::forward`]), other per-zone work as messages ([`ZoneRouter`]).
+//! (`crate::forward`), other per-zone work as messages ([`ZoneRouter`]).
 //! Control work (delete, resize, usage, check, ...) is the engine's
 //! [`lifecycle`], run on reactor 0 over the router: no rule about volumes
 //! is repeated here.
@@ -641,7 +641,7 @@ fn count_read_only(c: &Catalog) -> usize {
 impl PoolHost {
     /// Close the pool ([`Self::close`] but keeping the device lock until
     /// done), then erase it: both header copies zeroed
-    /// ([`sluice_engine::format::wipe`]) so it can no longer be imported,
+    /// ([`sluice_engine::format::wipe()`]) so it can no longer be imported,
     /// and a regular file removed. Says whether a file was removed.
     pub fn close_and_erase(&self) -> Result<bool> {
         let r = self.checkpoint_all();

@@ -9,8 +9,8 @@
 //! The loop, per iteration:
 //! 1. retry messages this reactor could not deliver earlier (overflow);
 //! 2. run up to `msg_batch` messages from the inboxes (round-robin start),
-//!    then every registered [`Poller`] (typed queues drained whole, such as
-//!    the chunk operations other reactors forward, [`crate::forward`]);
+//!    then every registered `Poller` (typed queues drained whole, such as
+//!    the chunk operations other reactors forward, `crate::forward`);
 //! 3. run up to `task_budget` ready tasks, submitting early only when the
 //!    device would run dry (`submit_batch`, [`crate::ring::Ring::submit_early`]);
 //! 4. one `submit` of every SQE still queued;

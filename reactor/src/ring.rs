@@ -372,7 +372,7 @@ impl Ring {
         self.inner.borrow().user_inflight()
     }
 
-    /// Storage I/O the kernel still owns (see [`Op::start_device`]): when
+    /// Storage I/O the kernel still owns (see `Op::start_device`): when
     /// non-zero a completion is due within a device latency, so the reactor
     /// keeps polling rather than sleeping (see `IdlePolicy::device_poll`).
     pub fn device_inflight(&self) -> usize {

@@ -1,6 +1,6 @@
 //! Erasing a pool: what makes a device no longer hold a sluice pool.
 //!
-//! [`super::probe`] and `PoolCatalog::open` find a pool by its header in block 0
+//! [`super::probe()`] and `PoolCatalog::open` find a pool by its header in block 0
 //! or in its backup ([`HEADER_BACKUP_BLK`]); zeroing both (and flushing) is
 //! what erases one, so `pool_import` refuses the device and `pool_create`
 //! formats it without `force`. Data blocks are left as they are: this is not

@@ -1,7 +1,7 @@
 //! Warnings for I/O errors returned to NBD clients, rate-limited per
 //! export.
 //!
-//! This file owns [`returned`], called for every backend error a client
+//! This file owns `returned`, called for every backend error a client
 //! gets: it logs a `warn!` line with the export, command, range and error,
 //! at most [`LINES_PER_WINDOW`] lines per export per [`WINDOW`]; the lines
 //! it holds back are counted and the count is reported on the next line

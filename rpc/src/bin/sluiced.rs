@@ -36,7 +36,7 @@ struct Args {
     /// Data directory: default pool file, sockets, saved config.
     #[arg(long, default_value = "./sluice-data")]
     data_dir: PathBuf,
-    /// JSON-RPC socket (default <data-dir>/rpc.sock).
+    /// JSON-RPC socket (default `<data-dir>`/rpc.sock).
     #[arg(long)]
     rpc_socket: Option<PathBuf>,
     /// Also serve JSON-RPC over TCP on ADDR, e.g. 127.0.0.1:5260 (off by default;

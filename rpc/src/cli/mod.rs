@@ -240,7 +240,7 @@ pub enum Command {
     /// Start the NBD server on a Unix socket and optionally a TCP address.
     #[command(name = "nbd_server_start", rename_all = "kebab-case")]
     NbdServerStart {
-        /// Unix socket path for NBD clients (default: <data-dir>/nbd.sock).
+        /// Unix socket path for NBD clients (default: `<data-dir>`/nbd.sock).
         #[arg(long)]
         unix: Option<String>,
         /// TCP address, e.g. 127.0.0.1:10809. An address that is not loopback

@@ -26,7 +26,7 @@ pub struct ExportRoute {
 }
 
 /// Every export by name: immutable once published; the control plane
-/// replaces it whole ([`Daemon::publish`]).
+/// replaces it whole (`Daemon::publish`).
 #[derive(Default)]
 pub struct ExportTable {
     pub routes: BTreeMap<String, ExportRoute>,

@@ -2,7 +2,7 @@
 //!
 //! A [`Shutdown`] is created first, so that the daemon's `shutdown` method can capture
 //! it before the server exists, and may be shared by several servers. Each server's
-//! event loop registers a wake-up socket here ([`Shutdown::waker`]) and `poll`s it, so
+//! event loop registers a wake-up socket here (`Shutdown::waker`) and `poll`s it, so
 //! [`Shutdown::trigger`] reaches a loop that is blocked in `poll`.
 
 use std::fmt;
@@ -44,7 +44,7 @@ impl Shutdown {
     }
 
     /// Asks every server sharing this signal to stop. Returns at once; use
-    /// [`ServerHandle::join`] or [`Shutdown::wait`] to wait. Idempotent.
+    /// `ServerHandle::join` or [`Shutdown::wait`] to wait. Idempotent.
     pub fn trigger(&self) {
         *lock(&self.inner.triggered) = true;
         self.inner.cond.notify_all();
