@@ -136,6 +136,7 @@ impl<D: BlockDev> Pool<D> {
     /// ([`Zone::share`] in every zone). Refused before anything changes if
     /// `dst` maps any chunk of the range.
     pub async fn share(&self, src: &VolInfo, dst: &VolInfo, from: u64, to: u64) -> Result<u64> {
+        crate::zone::check_share(src, dst, from, to)?;
         for z in &self.zones {
             if let Some(c) = z.first_mapped(dst.id, from, to).await? {
                 return Err(Error::Exists(format!(

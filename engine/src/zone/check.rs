@@ -2,7 +2,7 @@
 //! bitmap and counters, and (deep) every chunk's stored bytes. Reports every inconsistency
 //! precisely instead of stopping at the first.
 
-use super::{VolumeSpace, Zone};
+use super::{Trees, VolumeSpace, Zone};
 use crate::bitmap::Bitmap;
 use crate::dev::BlockDev;
 use crate::error::Result;
@@ -28,7 +28,34 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Every record of a zone's three trees, in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeRecords {
+    pub lmap: Vec<LmapRec>,
+    pub rmap: Vec<RmapRec>,
+    pub refcount: Vec<RefcountRec>,
+}
+
 impl<D: BlockDev> Zone<D> {
+    /// Every record of the trees as they stand (in memory): what scrub
+    /// reads, and what tests compare across a reopen.
+    pub async fn tree_records(&self) -> Result<TreeRecords> {
+        let mut t = self.trees.lock().await;
+        Self::records_of(&mut t).await
+    }
+
+    async fn records_of(t: &mut Trees<D>) -> Result<TreeRecords> {
+        let mut out = TreeRecords {
+            lmap: Vec::new(),
+            rmap: Vec::new(),
+            refcount: Vec::new(),
+        };
+        t.lmap.for_each(|r| out.lmap.push(*r)).await?;
+        t.rmap.for_each(|r| out.rmap.push(*r)).await?;
+        t.refc.for_each(|r| out.refcount.push(*r)).await?;
+        Ok(out)
+    }
+
     /// Check this zone against the volumes that exist (`vols` by id).
     pub async fn check(&self, vols: &HashMap<u32, VolInfo>, deep: bool) -> Result<Vec<Problem>> {
         let mut out = Vec::new();
@@ -48,7 +75,14 @@ impl<D: BlockDev> Zone<D> {
             );
         }
         let g = &*self.geo;
-        let (lrecs, rrecs, crecs, space) = {
+        let (
+            TreeRecords {
+                lmap: lrecs,
+                rmap: rrecs,
+                refcount: crecs,
+            },
+            space,
+        ) = {
             let mut t = self.trees.lock().await;
             for s in t.lmap.check().await? {
                 p("lmap", s);
@@ -59,17 +93,12 @@ impl<D: BlockDev> Zone<D> {
             for s in t.refc.check().await? {
                 p("refcount", s);
             }
-            let mut l: Vec<LmapRec> = Vec::new();
-            t.lmap.for_each(|r| l.push(*r)).await?;
-            let mut r: Vec<RmapRec> = Vec::new();
-            t.rmap.for_each(|x| r.push(*x)).await?;
-            let mut c: Vec<RefcountRec> = Vec::new();
-            t.refc.for_each(|x| c.push(*x)).await?;
+            let recs = Self::records_of(&mut t).await?;
             // The per-volume table as it stands with these trees (same hold
             // of the trees lock: no commit in between).
             let st = self.st.borrow();
             let s = &st.space;
-            (l, r, c, (s.by_vol.clone(), s.covered, s.broken.clone()))
+            (recs, (s.by_vol.clone(), s.covered, s.broken.clone()))
         };
 
         // Forward map -> reverse map, volumes and sizes.

@@ -22,7 +22,8 @@ mod recovery;
 mod share;
 mod space;
 
-pub use check::Problem;
+pub use check::{Problem, TreeRecords};
+pub(crate) use share::check_share;
 pub use space::VolumeSpace;
 
 use crate::bitmap::Bitmap;

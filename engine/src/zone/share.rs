@@ -28,6 +28,30 @@ use crate::volume::VolInfo;
 /// share of splits and lmap leaves per chunk.
 const SHARE_META_PER_CHUNK: u32 = 4;
 
+/// Whether `src` may share chunks `[from, to)` with `dst`: two volumes of
+/// one family (so their chunks have the same home zones) and chunk size,
+/// the range inside both.
+pub(crate) fn check_share(src: &VolInfo, dst: &VolInfo, from: u64, to: u64) -> Result<()> {
+    if src.id == dst.id || src.family != dst.family || src.chunk_shift != dst.chunk_shift {
+        return Err(Error::Invalid(format!(
+            "volume {} (family {}, chunk shift {}) cannot share with volume {} \
+             (family {}, chunk shift {}): they must be two volumes of one family \
+             and chunk size",
+            src.id, src.family, src.chunk_shift, dst.id, dst.family, dst.chunk_shift
+        )));
+    }
+    for v in [src, dst] {
+        if from < to && to > v.nchunks() {
+            return Err(Error::OutOfRange(format!(
+                "chunks {from}..{to} beyond volume {} ({} chunks)",
+                v.id,
+                v.nchunks()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl<D: BlockDev> Zone<D> {
     /// Make `dst` map the same blocks as `src` for every chunk in
     /// `[from, to)` that `src` maps in this zone; returns how many chunks
@@ -38,27 +62,11 @@ impl<D: BlockDev> Zone<D> {
     /// range before anything is committed ([`Error::Exists`]), and again
     /// at each step (a write to `dst` racing the share stops it there).
     pub async fn share(&self, src: &VolInfo, dst: &VolInfo, from: u64, to: u64) -> Result<u64> {
-        if src.id == dst.id || src.family != dst.family || src.chunk_shift != dst.chunk_shift {
-            return Err(Error::Invalid(format!(
-                "volume {} (family {}, chunk shift {}) cannot share with volume {} \
-                 (family {}, chunk shift {}): they must be two volumes of one family \
-                 and chunk size",
-                src.id, src.family, src.chunk_shift, dst.id, dst.family, dst.chunk_shift
-            )));
-        }
+        check_share(src, dst, from, to)?;
         if from >= to {
             return Ok(0);
         }
         let last = to - 1;
-        for v in [src, dst] {
-            if last >= v.nchunks() {
-                return Err(Error::OutOfRange(format!(
-                    "chunks {from}..{to} beyond volume {} ({} chunks)",
-                    v.id,
-                    v.nchunks()
-                )));
-            }
-        }
         self.check_ok()?;
         {
             let mut t = self.trees.lock().await;
