@@ -313,8 +313,8 @@ impl<D: BlockDev> Zone<D> {
         Ok(out)
     }
 
-    /// The refcount tree against the rmap: its records are sound (count
-    /// >= 2, in the zone, in order, maximal), and every block has as many
+    /// The refcount tree against the rmap: its records are sound (counts of
+    /// 2 or more, in the zone, in order, maximal), and every block has as many
     /// data owners as its count (1 with no record, 0 only when free, which
     /// no record may cover).
     fn check_refcounts(
