@@ -5,6 +5,10 @@
 //! owners) stays clean; a reopen, clean or by log replay, gives the same
 //! trees.
 
+#[path = "data_common.rs"]
+mod data;
+
+use data::random;
 use futures::executor::block_on;
 use sluice_engine::dev::MemDev;
 use sluice_engine::zone::TreeRecords;
@@ -18,19 +22,6 @@ fn opts(zone_size: u64) -> PoolOptions {
         zone_size,
         zone: ZoneConfig::default(),
     }
-}
-
-/// Reproducible incompressible bytes.
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn read(pool: &Pool<MemDev>, v: &VolInfo) -> Vec<u8> {

@@ -103,10 +103,8 @@ impl<D: BlockDev> Zone<D> {
                 // Fresh blocks only: data is never written over live blocks,
                 // so a record naming referenced ones means a bitmap or log
                 // gone wrong, and its refcounts would be too.
+                self.check_bitmap(&ext, false, vol, chunk, "is mapped to")?;
                 let n = ext.nblk as u32;
-                if let Some(b) = self.first_committed(ext.pblk, n) {
-                    return Err(self.not_fresh(b, vol, chunk));
-                }
                 let old = t.lmap.insert(LmapRec { vol, chunk, ext }).await?;
                 if let Some(o) = old {
                     self.unlink(t, seq, vol, chunk, o.ext, live).await?;
@@ -184,18 +182,7 @@ impl<D: BlockDev> Zone<D> {
         // A reference dropped from a free block would take its count below
         // zero: the maps and the bitmap disagree. Refuse before any count
         // moves.
-        if let Some(b) = (e.pblk..e.pblk + n).find(|&b| !self.st.borrow().committed.get(b)) {
-            return Err(Error::corrupt(
-                Structure::Bitmap,
-                self.geo.abs(self.idx, b),
-                format!(
-                    "zone {}: {} chunk {chunk} drops its reference to block {b}, which the \
-                     bitmap says is free",
-                    self.idx,
-                    owner::name(vol as u64)
-                ),
-            ));
-        }
+        self.check_bitmap(&e, true, vol, chunk, "drops its reference to")?;
         let freed = refcount::adjust(&mut t.refc, e.pblk, n, Delta::Dec).await?;
         for &(pblk, len) in &freed {
             // Count 0 means no owner is left; an rmap record still there
@@ -238,23 +225,33 @@ impl<D: BlockDev> Zone<D> {
         Ok(())
     }
 
-    /// The first block of `pblk .. pblk + n` the forward map references.
-    fn first_committed(&self, pblk: u32, n: u32) -> Option<u32> {
+    /// Every block of `e`, which (vol, chunk) names, is referenced in the
+    /// bitmap (`referenced`: an extent already mapped) or none is (a fresh
+    /// one); else corruption naming the first block that is not, `what`
+    /// saying what (vol, chunk) was doing with it.
+    pub(super) fn check_bitmap(
+        &self,
+        e: &ChunkExtent,
+        referenced: bool,
+        vol: u32,
+        chunk: u64,
+        what: &str,
+    ) -> Result<()> {
         let st = self.st.borrow();
-        (pblk..pblk + n).find(|&b| st.committed.get(b))
-    }
-
-    /// A new mapping of (vol, chunk) names block `b`, which is in use.
-    fn not_fresh(&self, b: u32, vol: u32, chunk: u64) -> Error {
-        Error::corrupt(
+        let Some(b) = (e.pblk..e.pblk + e.nblk as u32).find(|&b| st.committed.get(b) != referenced)
+        else {
+            return Ok(());
+        };
+        let is = if referenced { "free" } else { "in use" };
+        Err(Error::corrupt(
             Structure::Bitmap,
             self.geo.abs(self.idx, b),
             format!(
-                "zone {}: {} chunk {chunk} is mapped to block {b}, which is already in use",
+                "zone {}: {} chunk {chunk} {what} block {b}, which the bitmap says is {is}",
                 self.idx,
                 owner::name(vol as u64)
             ),
-        )
+        ))
     }
 
     /// Make every change committed so far durable (NBD FLUSH).

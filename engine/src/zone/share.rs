@@ -14,7 +14,6 @@ use super::log::META_RESERVE;
 use super::{Trees, Zone};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result, Structure};
-use crate::format::owner;
 use crate::intent_log::{Record, SHARE_MAX_CHUNKS};
 use crate::lmap::LmapRec;
 use crate::refcount::{self, Delta};
@@ -164,20 +163,7 @@ impl<D: BlockDev> Zone<D> {
             ));
         }
         for r in &recs {
-            let e = r.ext;
-            let n = e.nblk as u32;
-            if let Some(b) = (e.pblk..e.pblk + n).find(|&b| !self.st.borrow().committed.get(b)) {
-                return Err(Error::corrupt(
-                    Structure::Bitmap,
-                    self.geo.abs(self.idx, b),
-                    format!(
-                        "zone {}: {} chunk {} maps block {b}, which the bitmap says is free",
-                        self.idx,
-                        owner::name(src as u64),
-                        r.chunk
-                    ),
-                ));
-            }
+            self.check_bitmap(&r.ext, true, src, r.chunk, "shares")?;
         }
         for r in recs {
             let e = r.ext;
