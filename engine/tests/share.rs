@@ -180,3 +180,43 @@ fn reopen_clean_and_by_replay_gives_the_same_trees() {
     assert_eq!(read(&clean, &b), data);
     assert_clean(&clean);
 }
+
+/// A zone checkpointed before the refcount tree existed has a zeroed
+/// `refc_root` slot: it opens with a new empty tree, reads the same, and
+/// can share from then on.
+#[test]
+fn a_zone_without_a_refcount_root_opens_with_an_empty_tree() {
+    use sluice_engine::format::superblock::RootPtr;
+    use sluice_engine::format::Superblock;
+    use sluice_engine::BLOCK_SIZE;
+    let (dev, pool, a, b, old) = two_volumes();
+    let g = pool.geometry().clone();
+    block_on(pool.close()).unwrap();
+    let img = dev.image();
+    let mut zeroed = 0;
+    for z in 0..g.nzones {
+        for (slot, copy) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let blk = g.abs(z, g.sb_rel(slot, copy));
+            let o = blk as usize * BLOCK_SIZE;
+            let Some(mut sb) =
+                Superblock::decode(&img[o..o + BLOCK_SIZE], blk, z, &g.uuid).expect("superblock")
+            else {
+                continue;
+            };
+            sb.refc_root = RootPtr::default();
+            dev.poke(o as u64, &sb.encode());
+            zeroed += 1;
+        }
+    }
+    assert_eq!(zeroed, 4 * g.nzones);
+    let pool = block_on(Pool::open(
+        Rc::new(MemDev::from_image(dev.image())),
+        &opts(2 << 20),
+    ))
+    .expect("open a zone with no refcount root");
+    assert_eq!(read(&pool, &a), old);
+    assert_clean(&pool);
+    assert_eq!(block_on(pool.share(&a, &b, 0, a.nchunks())).unwrap(), 64);
+    assert_eq!(read(&pool, &b), old);
+    assert_clean(&pool);
+}
