@@ -72,11 +72,29 @@ pub enum Record {
     Unmap { vol: u32, chunk: u64 },
     /// Every chunk of `vol` in this zone is unmapped.
     DeleteVolume { vol: u32 },
+    /// `dst` now also maps every chunk in `[from, to)` that `src` maps in
+    /// this zone, to the same blocks (one more reference each): one bounded
+    /// step of a reflink, snapshot or clone. `dst` maps none of them
+    /// before, and the range holds at most [`SHARE_MAX_CHUNKS`] of `src`'s
+    /// chunks, so applying a record is bounded work (`Zone::share` cuts a
+    /// long range into such steps).
+    Share {
+        src: u32,
+        dst: u32,
+        from: u64,
+        to: u64,
+    },
 }
+
+/// Most chunks one [`Record::Share`] may copy: a bound on the work of one
+/// record (each chunk is an lmap insert, an rmap insert and a refcount
+/// adjust), checked when it is applied, live and in replay.
+pub const SHARE_MAX_CHUNKS: usize = 256;
 
 const T_MAP: u8 = 1;
 const T_UNMAP: u8 = 2;
 const T_DELVOL: u8 = 3;
+const T_SHARE: u8 = 4;
 
 impl Record {
     /// Encoded size including the 11-byte record header (len, type, seq).
@@ -85,6 +103,7 @@ impl Record {
             Record::Map { .. } => 4 + 8 + 4 + 2 + 1 + 4 + 4,
             Record::Unmap { .. } => 12,
             Record::DeleteVolume { .. } => 4,
+            Record::Share { .. } => 4 + 4 + 8 + 8,
         }
     }
 
@@ -113,6 +132,13 @@ impl Record {
             Record::DeleteVolume { vol } => {
                 b[2] = T_DELVOL;
                 put_u32(b, 11, vol);
+            }
+            Record::Share { src, dst, from, to } => {
+                b[2] = T_SHARE;
+                put_u32(b, 11, src);
+                put_u32(b, 15, dst);
+                put_u64(b, 19, from);
+                put_u64(b, 27, to);
             }
         }
     }
@@ -147,6 +173,17 @@ impl Record {
             T_DELVOL if len == 15 => Record::DeleteVolume {
                 vol: get_u32(b, 11),
             },
+            T_SHARE if len == 35 => {
+                let (src, dst) = (get_u32(b, 11), get_u32(b, 15));
+                let (from, to) = (get_u64(b, 19), get_u64(b, 27));
+                // Never written: `Zone::share` refuses both before logging.
+                if src == dst || from >= to {
+                    return Err(bad(format!(
+                        "share of volume {src} chunks {from}..{to} into volume {dst}"
+                    )));
+                }
+                Record::Share { src, dst, from, to }
+            }
             t => return Err(bad(format!("record type {t} with length {len}"))),
         };
         Ok((seq, r, len))
@@ -294,6 +331,12 @@ mod tests {
             },
             Record::Unmap { vol: 3, chunk: 100 },
             Record::DeleteVolume { vol: 4 },
+            Record::Share {
+                src: 3,
+                dst: 5,
+                from: 7,
+                to: 1 << 40,
+            },
         ]
     }
 
@@ -307,7 +350,7 @@ mod tests {
             zone: 2,
             epoch: 5,
             lsn: 77,
-            nrec: 3,
+            nrec: 4,
             used: 0,
             first_seq: 10,
             batch_lsn: 75,
@@ -340,6 +383,54 @@ mod tests {
             decode_block(&P, &t, 1000, 2, 5, 77).unwrap(),
             BlockRead::End
         ));
+    }
+
+    /// A share record whose fields cannot have been written, or whose
+    /// length does not match its type, is corruption naming the block.
+    #[test]
+    fn malformed_share_records_are_corrupt() {
+        let share = |src, dst, from, to| {
+            let mut b = Vec::new();
+            Record::Share { src, dst, from, to }.encode(1, &mut b);
+            b
+        };
+        let ok = share(1, 2, 0, 8);
+        assert_eq!(
+            Record::decode(&ok, 9).unwrap(),
+            (
+                1,
+                Record::Share {
+                    src: 1,
+                    dst: 2,
+                    from: 0,
+                    to: 8
+                },
+                35
+            )
+        );
+        for b in [share(1, 1, 0, 8), share(1, 2, 8, 8), share(1, 2, 9, 8)] {
+            let e = Record::decode(&b, 9).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::Corrupt {
+                        structure: Structure::LogRecord,
+                        block: 9,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+        }
+        // Wrong length for the type: shorter (a torn field), longer, and
+        // a length past the bytes there are.
+        for len in [34u16, 36] {
+            let mut b = ok.clone();
+            b.resize(40, 0);
+            put_u16(&mut b, 0, len);
+            assert!(Record::decode(&b, 9).is_err(), "length {len}");
+        }
+        assert!(Record::decode(&ok[..30], 9).is_err());
     }
 
     #[test]

@@ -110,6 +110,48 @@ impl<D: BlockDev> Pool<D> {
         Ok(VolInfo::from_entry(&e))
     }
 
+    /// A volume in the family of `like` (same home zones for its chunks),
+    /// so [`Pool::share`] can share blocks between them.
+    pub async fn create_volume_in_family(
+        &self,
+        name: &str,
+        size: u64,
+        like: &VolInfo,
+    ) -> Result<VolInfo> {
+        let _g = self.catalog.lock_changes().await;
+        let e = self
+            .catalog
+            .create_volume_in(
+                name,
+                size,
+                like.chunk_size() as u64,
+                like.compression,
+                Some(like.family),
+            )
+            .await?;
+        Ok(VolInfo::from_entry(&e))
+    }
+
+    /// Make `dst` map the same blocks as `src` for chunks `[from, to)`
+    /// ([`Zone::share`] in every zone). Refused before anything changes if
+    /// `dst` maps any chunk of the range.
+    pub async fn share(&self, src: &VolInfo, dst: &VolInfo, from: u64, to: u64) -> Result<u64> {
+        crate::zone::check_share(src, dst, from, to)?;
+        for z in &self.zones {
+            if let Some(c) = z.first_mapped(dst.id, from, to).await? {
+                return Err(Error::Exists(format!(
+                    "volume {} chunk {c}, which a share into it would replace",
+                    dst.id
+                )));
+            }
+        }
+        let mut n = 0;
+        for z in &self.zones {
+            n += z.share(src, dst, from, to).await?;
+        }
+        Ok(n)
+    }
+
     pub async fn delete_volume(&self, name: &str) -> Result<()> {
         lifecycle::delete_volume(&self.catalog, self, name).await
     }

@@ -221,13 +221,29 @@ impl<D: BlockDev> PoolCatalog<D> {
             .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
     }
 
-    /// Add a volume to the catalog.
+    /// Add a volume to the catalog (a family of its own).
     pub async fn create_volume(
         &self,
         name: &str,
         size: u64,
         chunk_size: u64,
         compression: Compression,
+    ) -> Result<VolumeEntry> {
+        self.create_volume_in(name, size, chunk_size, compression, None)
+            .await
+    }
+
+    /// Add a volume to the catalog in `family` (the id of a volume made
+    /// earlier, live or not: ids are never reused), so its chunks have the
+    /// same home zones as that family's and can share their blocks;
+    /// `None` starts a family of its own.
+    pub async fn create_volume_in(
+        &self,
+        name: &str,
+        size: u64,
+        chunk_size: u64,
+        compression: Compression,
+        family: Option<u32>,
     ) -> Result<VolumeEntry> {
         validate_name(name)?;
         let chunk_shift = chunk_shift_for(chunk_size)?;
@@ -240,10 +256,15 @@ impl<D: BlockDev> PoolCatalog<D> {
             if id as u64 >= crate::format::owner::FIRST_SPECIAL.min(u32::MAX as u64) {
                 return Err(Error::NoSpace("volume ids exhausted".into()));
             }
+            if family.is_some_and(|f| f >= id) {
+                return Err(Error::Invalid(format!(
+                    "family {family:?}: no volume with that id was made"
+                )));
+            }
             c.next_id += 1;
             let v = VolumeEntry {
                 id,
-                family: id,
+                family: family.unwrap_or(id),
                 parent: 0,
                 flags: 0,
                 size,

@@ -17,6 +17,13 @@
 //! workload, so the table is checked both as kept up by commits and as
 //! rebuilt after recovery.
 //!
+//! Volumes also share blocks: a new volume in a volume's family gets a
+//! range of its chunks (`Pool::share`); the model says each shared sector
+//! reads what the source held at the share (or zeros if the share was
+//! lost in the crash), until either volume overwrites it. Scrub then also
+//! checks every block's reference count against its owners, and the space
+//! check counts a shared block once in the zones and once per volume.
+//!
 //! The workload also checks that after a shrink, I/O through a `VolInfo`
 //! with the old size (an NBD connection opened before) is refused.
 //!
@@ -121,6 +128,8 @@ struct Model {
     violation: Option<String>,
     /// Space checks passed.
     space_checks: u64,
+    /// Chunks shared by completed shares.
+    shared_chunks: u64,
 }
 
 /// What the resizes of an episode did.
@@ -178,6 +187,8 @@ struct Totals {
     damage_reported: u64,
     /// Per-volume space checks passed (during workloads and after recovery).
     space_checks: u64,
+    /// Chunks shared between volumes by completed shares.
+    shared_chunks: u64,
 }
 
 /// The structure a pool-absolute metadata block belongs to.
@@ -262,6 +273,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
         resizes: Resizes::default(),
         violation: None,
         space_checks: 0,
+        shared_chunks: 0,
     };
     let fill = seed % 7 == 3;
     let rounds = rng.gen_range(1..=3);
@@ -351,6 +363,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
         }
     }
     tot.space_checks += m.space_checks;
+    tot.shared_chunks += m.shared_chunks;
     tot.resizes.grows += m.resizes.grows;
     tot.resizes.shrinks += m.resizes.shrinks;
     tot.resizes.stale_refused += m.resizes.stale_refused;
@@ -528,12 +541,22 @@ async fn space_matches(pool: &Pool<SimDev>, m: &Model) -> Result<(), SpaceCheck>
         }
     }
     let u = pool.usage();
-    let blocks: u64 = space.values().map(|s| s.allocated_bytes()).sum();
+    // A block shared n times counts in n volumes but once in the zones.
+    let mut extra = 0u64;
+    for z in pool.zones() {
+        let t = z.tree_records().await.map_err(SpaceCheck::Failed)?;
+        extra += t
+            .refcount
+            .iter()
+            .map(|r| (r.refcount as u64 - 1) * r.len as u64 * BLOCK_SIZE as u64)
+            .sum::<u64>();
+    }
+    let blocks: u64 = space.values().map(|s| s.allocated_bytes()).sum::<u64>() - extra;
     let logical: u64 = space.values().map(|s| s.mapped_bytes).sum();
     if blocks != u.data_bytes || logical != u.logical_used_bytes {
         return bad(format!(
-            "volumes add up to {blocks} allocated / {logical} mapped bytes, the zones \
-             count {} / {}",
+            "volumes add up to {blocks} allocated (shared blocks once) / {logical} mapped \
+             bytes, the zones count {} / {}",
             u.data_bytes, u.logical_used_bytes
         ));
     }
@@ -583,6 +606,10 @@ async fn step(
             pool.flush().await?;
             m.flushes += 1;
             m.flushed();
+        }
+        24..=26 if m.vols.len() < 4 => {
+            let src = live[rng.gen_range(0..live.len())].clone();
+            return share(pool, m, rng, &src, &format!("s{i}")).await;
         }
         21..=23 => {
             // Space as the commits keep it, then a scrub that compares
@@ -645,28 +672,85 @@ async fn step(
             };
             if let Err(Error::NoSpace(_)) = &r {
                 // Part of the write may have landed: learn what each sector holds now.
-                let mut buf = vec![0u8; data.len()];
-                pool.read(&info, start * SECTOR as u64, &mut buf).await?;
-                let v = m.vols.get_mut(name).unwrap();
-                let mut want = vec![0u8; SECTOR];
-                for k in 0..n as usize {
-                    let c = &mut v.cands[start as usize + k];
-                    let got = &buf[k * SECTOR..(k + 1) * SECTOR];
-                    let cur = c.iter().rev().copied().find(|&cw| {
-                        let kk = m.kinds.get(&cw).copied().unwrap_or(Kind::Zero);
-                        sector_data(cw, kk, start + k as u64, &mut want);
-                        want == got
-                    });
-                    if let Some(cw) = cur {
-                        c.push(cw);
-                    }
-                }
+                learn(pool, m, name, start, n).await?;
             }
             r?;
         }
         _ => {}
     }
     Ok(())
+}
+
+/// After a no-space error cut an operation short, read sectors
+/// `start .. start + n` of `name` and make the candidate they hold (if
+/// any) the current one.
+async fn learn(
+    pool: &Pool<SimDev>,
+    m: &mut Model,
+    name: &str,
+    start: u64,
+    n: u64,
+) -> Result<(), Error> {
+    let info = m.vols[name].info;
+    let mut buf = vec![0u8; n as usize * SECTOR];
+    pool.read(&info, start * SECTOR as u64, &mut buf).await?;
+    let v = m.vols.get_mut(name).expect("live volume");
+    let mut want = vec![0u8; SECTOR];
+    for k in 0..n as usize {
+        let c = &mut v.cands[start as usize + k];
+        let got = &buf[k * SECTOR..(k + 1) * SECTOR];
+        let cur = c.iter().rev().copied().find(|&cw| {
+            let kk = m.kinds.get(&cw).copied().unwrap_or(Kind::Zero);
+            sector_data(cw, kk, start + k as u64, &mut want);
+            want == got
+        });
+        if let Some(cw) = cur {
+            c.push(cw);
+        }
+    }
+    Ok(())
+}
+
+/// Make `dst`, a new volume in `src`'s family of the same size, and share
+/// a random range of `src`'s chunks into it. Each sector of the range then
+/// reads as `src` holds it now, or (the share lost in a crash, or cut
+/// short) as zeros.
+async fn share(
+    pool: &Pool<SimDev>,
+    m: &mut Model,
+    rng: &mut SmallRng,
+    src: &str,
+    dst: &str,
+) -> Result<(), Error> {
+    let s = m.vols[src].info;
+    m.uncertain.push(dst.to_string());
+    let d = pool.create_volume_in_family(dst, s.size, &s).await?;
+    m.uncertain.retain(|n| n != dst);
+    m.vols.insert(dst.to_string(), VolModel::new(d));
+    let n = s.nchunks();
+    let from = rng.gen_range(0..n);
+    let to = rng.gen_range(from + 1..=n);
+    let per = (s.chunk_size() / SECTOR) as u64;
+    let (a, b) = (from * per, (to * per).min(s.size / SECTOR as u64));
+    let now: Vec<u64> = m.vols[src].cands[a as usize..b as usize]
+        .iter()
+        .map(|c| *c.last().unwrap_or(&0))
+        .collect();
+    let v = m.vols.get_mut(dst).expect("just made");
+    for (c, w) in v.cands[a as usize..b as usize].iter_mut().zip(now) {
+        c.push(w);
+    }
+    match pool.share(&s, &d, from, to).await {
+        Ok(n) => {
+            m.shared_chunks += n;
+            Ok(())
+        }
+        Err(Error::NoSpace(e)) => {
+            learn(pool, m, dst, a, b - a).await?;
+            Err(Error::NoSpace(e))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Grow or shrink `name` to a random size (not always whole chunks), then,
@@ -785,5 +869,6 @@ fn crash_simulator() {
             tot.damage_reported > 0,
             "no damaged node was reported: {tot:?}"
         );
+        assert!(tot.shared_chunks > 0, "nothing was shared: {tot:?}");
     }
 }

@@ -3,6 +3,9 @@
 //! that must stop (a failed log write) still serves reads, says so once and
 //! shows up in scrub.
 
+#[path = "data_common.rs"]
+mod data;
+
 use futures::executor::block_on;
 use sluice_engine::dev::{BlockDev, BufResult, MemDev, SimConfig, SimDev};
 use sluice_engine::format::Geometry;
@@ -153,15 +156,7 @@ fn writes_land_on_space_allocated_ahead() {
 }
 
 fn block(seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..BLOCK_SIZE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    data::random(seed, BLOCK_SIZE)
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //! discards, shrinks and deletes; reopening gives the same figures; the
 //! per-zone table built while writes go on matches the trees.
 
+#[path = "data_common.rs"]
+mod data;
+
+use data::random;
 use futures::executor::{block_on, LocalPool};
 use futures::task::LocalSpawnExt;
 use sluice_engine::dev::{BlockDev, BufResult, MemDev};
@@ -25,19 +29,6 @@ fn opts(zone_size: u64, cache_nodes: usize) -> PoolOptions {
             ..ZoneConfig::default()
         },
     }
-}
-
-/// Reproducible incompressible bytes.
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// Bytes lz4 packs to about a fifth: 8 random bytes in every 64.

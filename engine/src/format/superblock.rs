@@ -20,7 +20,8 @@ pub struct ZoneCounters {
     /// Chunks mapped (each counts its full logical chunk size).
     pub mapped_chunks: u64,
     pub logical_bytes: u64,
-    /// Data blocks referenced by the forward map.
+    /// Data blocks referenced by the forward map, a shared block once
+    /// (physical blocks in use).
     pub data_blocks: u64,
 }
 

@@ -1,13 +1,14 @@
-//! Scrub: cross-check a zone's forward map, reverse map, bitmap and counters,
-//! and (deep) every chunk's stored bytes. Reports every inconsistency
+//! Scrub: cross-check a zone's forward map, reverse map, refcount tree,
+//! bitmap and counters, and (deep) every chunk's stored bytes. Reports every inconsistency
 //! precisely instead of stopping at the first.
 
-use super::{VolumeSpace, Zone};
+use super::{Trees, VolumeSpace, Zone};
 use crate::bitmap::Bitmap;
 use crate::dev::BlockDev;
 use crate::error::Result;
 use crate::format::{owner, ZoneCounters};
 use crate::lmap::LmapRec;
+use crate::refcount::RefcountRec;
 use crate::rmap::RmapRec;
 use crate::volume::VolInfo;
 use std::collections::HashMap;
@@ -27,7 +28,34 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Every record of a zone's three trees, in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeRecords {
+    pub lmap: Vec<LmapRec>,
+    pub rmap: Vec<RmapRec>,
+    pub refcount: Vec<RefcountRec>,
+}
+
 impl<D: BlockDev> Zone<D> {
+    /// Every record of the trees as they stand (in memory): what scrub
+    /// reads, and what tests compare across a reopen.
+    pub async fn tree_records(&self) -> Result<TreeRecords> {
+        let mut t = self.trees.lock().await;
+        Self::records_of(&mut t).await
+    }
+
+    async fn records_of(t: &mut Trees<D>) -> Result<TreeRecords> {
+        let mut out = TreeRecords {
+            lmap: Vec::new(),
+            rmap: Vec::new(),
+            refcount: Vec::new(),
+        };
+        t.lmap.for_each(|r| out.lmap.push(*r)).await?;
+        t.rmap.for_each(|r| out.rmap.push(*r)).await?;
+        t.refc.for_each(|r| out.refcount.push(*r)).await?;
+        Ok(out)
+    }
+
     /// Check this zone against the volumes that exist (`vols` by id).
     pub async fn check(&self, vols: &HashMap<u32, VolInfo>, deep: bool) -> Result<Vec<Problem>> {
         let mut out = Vec::new();
@@ -47,7 +75,14 @@ impl<D: BlockDev> Zone<D> {
             );
         }
         let g = &*self.geo;
-        let (lrecs, rrecs, space) = {
+        let (
+            TreeRecords {
+                lmap: lrecs,
+                rmap: rrecs,
+                refcount: crecs,
+            },
+            space,
+        ) = {
             let mut t = self.trees.lock().await;
             for s in t.lmap.check().await? {
                 p("lmap", s);
@@ -55,15 +90,15 @@ impl<D: BlockDev> Zone<D> {
             for s in t.rmap.check().await? {
                 p("rmap", s);
             }
-            let mut l: Vec<LmapRec> = Vec::new();
-            t.lmap.for_each(|r| l.push(*r)).await?;
-            let mut r: Vec<RmapRec> = Vec::new();
-            t.rmap.for_each(|x| r.push(*x)).await?;
+            for s in t.refc.check().await? {
+                p("refcount", s);
+            }
+            let recs = Self::records_of(&mut t).await?;
             // The per-volume table as it stands with these trees (same hold
             // of the trees lock: no commit in between).
             let st = self.st.borrow();
             let s = &st.space;
-            (l, r, (s.by_vol.clone(), s.covered, s.broken.clone()))
+            (recs, (s.by_vol.clone(), s.covered, s.broken.clone()))
         };
 
         // Forward map -> reverse map, volumes and sizes.
@@ -74,11 +109,19 @@ impl<D: BlockDev> Zone<D> {
         let mut counters = ZoneCounters::default();
         let (space_table, space_covered, space_broken) = space;
         let mut space_trees: HashMap<u32, VolumeSpace> = HashMap::new();
+        // Physical blocks the forward map references (a shared one once).
+        let mut referenced = Bitmap::new(g.zone_blocks);
         for l in &lrecs {
             let e = l.ext;
             counters.mapped_chunks += 1;
             counters.logical_bytes += e.chunk_size();
-            counters.data_blocks += e.nblk as u64;
+            let (a, b) = (e.pblk as u64, e.pblk as u64 + e.nblk as u64);
+            for blk in a..b.min(g.zone_blocks as u64) {
+                if !referenced.get(blk as u32) {
+                    referenced.set(blk as u32);
+                    counters.data_blocks += 1;
+                }
+            }
             if space_covered.covers((l.vol, l.chunk)) {
                 space_trees.entry(l.vol).or_default().add(&VolumeSpace {
                     chunks: 1,
@@ -146,6 +189,8 @@ impl<D: BlockDev> Zone<D> {
         let lindex: HashMap<(u32, u64), &LmapRec> =
             lrecs.iter().map(|l| ((l.vol, l.chunk), l)).collect();
         let mut expect = Bitmap::new(g.zone_blocks);
+        // Data owners per block (the rmap's count of references).
+        let mut owners = vec![0u32; g.zone_blocks as usize];
         let specials = g.special_regions();
         let mut seen_special = [false; 3];
         for r in &rrecs {
@@ -183,11 +228,16 @@ impl<D: BlockDev> Zone<D> {
                     ),
                 }
             }
+            let special = r.owner >= owner::FIRST_SPECIAL;
             for b in r.pblk..r.pblk + r.count {
-                if expect.get(b) {
+                // Only data blocks may be shared (counted below).
+                if expect.get(b) && (special || owners[b as usize] == 0) {
                     p("rmap", format!("block {b} has more than one owner"));
                 }
                 expect.set(b);
+                if !special {
+                    owners[b as usize] += 1;
+                }
             }
         }
         for (i, s) in specials.iter().enumerate() {
@@ -195,6 +245,8 @@ impl<D: BlockDev> Zone<D> {
                 p("rmap", format!("missing {} record", owner::name(s.2)));
             }
         }
+
+        self.check_refcounts(&crecs, &owners, &mut p);
 
         {
             let st = self.st.borrow();
@@ -259,5 +311,63 @@ impl<D: BlockDev> Zone<D> {
             }
         }
         Ok(out)
+    }
+
+    /// The refcount tree against the rmap: its records are sound (counts of
+    /// 2 or more, in the zone, in order, maximal), and every block has as many
+    /// data owners as its count (1 with no record, 0 only when free, which
+    /// no record may cover).
+    fn check_refcounts(
+        &self,
+        crecs: &[RefcountRec],
+        owners: &[u32],
+        p: &mut impl FnMut(&'static str, String),
+    ) {
+        let nblocks = owners.len() as u64;
+        let mut stored = vec![0u32; owners.len()];
+        let mut prev: Option<&RefcountRec> = None;
+        for c in crecs {
+            if c.refcount < 2 || c.len == 0 || c.end() > nblocks {
+                p(
+                    "refcount",
+                    format!("record {c:?} is not a shared extent of this zone"),
+                );
+                continue;
+            }
+            if let Some(q) = prev {
+                if q.end() > c.start as u64 {
+                    p("refcount", format!("records {q:?} and {c:?} overlap"));
+                } else if q.end() == c.start as u64 && q.refcount == c.refcount {
+                    p("refcount", format!("records {q:?} and {c:?} should be one"));
+                }
+            }
+            prev = Some(c);
+            for b in c.start..c.start + c.len {
+                stored[b as usize] = c.refcount;
+            }
+        }
+        let mut bad = Vec::new();
+        for (b, (&own, &cnt)) in owners.iter().zip(&stored).enumerate() {
+            let want = match (own, cnt) {
+                (0, 0) => continue,
+                (_, 0) => 1,
+                (_, c) => c,
+            };
+            if own != want {
+                bad.push((b, own, cnt));
+            }
+        }
+        if !bad.is_empty() {
+            let (b, own, cnt) = bad[0];
+            let said = match (own, cnt) {
+                (0, _) => format!("a record (count {cnt}) on free block {b}"),
+                (_, 0) => format!("block {b} has {own} owners in rmap and no record (count 1)"),
+                _ => format!("block {b} has {own} owners in rmap, count {cnt}"),
+            };
+            p(
+                "refcount",
+                format!("{} blocks disagree with rmap (first: {said})", bad.len()),
+            );
+        }
     }
 }

@@ -27,6 +27,16 @@ impl<D: BlockDev> Zone<D> {
         Ok(t.lmap.get(&(vol, chunk)).await?.map(|r| r.ext))
     }
 
+    /// The first chunk of `vol` in `[from, to)` mapped in this zone.
+    pub async fn first_mapped(&self, vol: u32, from: u64, to: u64) -> Result<Option<u64>> {
+        if from >= to {
+            return Ok(None);
+        }
+        let mut t = self.trees.lock().await;
+        let r = t.lmap.range(&(vol, from), &(vol, to - 1), 1).await?;
+        Ok(r.first().map(|r| r.chunk))
+    }
+
     /// Pool-absolute block of the forward-map leaf that holds (or would
     /// hold) `(vol, chunk)`: for diagnostics and tests that damage it.
     pub async fn lmap_leaf_of(&self, vol: u32, chunk: u64) -> Result<u64> {

@@ -19,29 +19,49 @@ use crate::intent_log::{
     encode_block, ChunkExtent, LogBlockHeader, Record, LOG_HDR, MAX_BATCH_BLOCKS,
 };
 use crate::lmap::LmapRec;
+use crate::refcount::{self, Delta};
 use crate::rmap::RmapRec;
 use futures::future::join_all;
 
 /// Checkpoint when the log is this full (fraction in percent).
 const CHECKPOINT_LOG_PCT: u64 = 50;
-/// Keep this many metadata blocks free for one record's tree updates.
-const META_RESERVE: u32 = 24;
+/// Keep this many metadata blocks free for one record's tree updates: an
+/// lmap insert, an rmap remove and insert (each at worst a shadowed path
+/// and a split per level), and a refcount adjust of one extent, which
+/// rewrites the few records around it in one or two leaves of a small tree
+/// (and nothing at all for a block that is not shared).
+pub(crate) const META_RESERVE: u32 = 32;
 
 impl<D: BlockDev> Zone<D> {
     /// Log and apply one mapping change. Returns once it is applied in memory
     /// (not necessarily durable: that is what `flush` is for).
     pub(crate) async fn commit(&self, rec: Record) -> Result<()> {
-        if self.meta.free_blocks() < META_RESERVE {
+        self.reserve_meta(META_RESERVE).await?;
+        let mut t = self.trees.lock().await;
+        self.commit_locked(&mut t, rec).await?;
+        drop(t);
+        self.flush_if_full().await
+    }
+
+    /// Make sure `need` metadata blocks are free for the next record's tree
+    /// updates, checkpointing first if pending frees would make room.
+    pub(crate) async fn reserve_meta(&self, need: u32) -> Result<()> {
+        if self.meta.free_blocks() < need {
             // Pending frees of the metadata area come back at a checkpoint.
             self.checkpoint().await?;
-            if self.meta.free_blocks() < META_RESERVE {
+            if self.meta.free_blocks() < need {
                 return Err(Error::NoSpace(format!(
                     "zone {} metadata area is full",
                     self.idx
                 )));
             }
         }
-        let mut t = self.trees.lock().await;
+        Ok(())
+    }
+
+    /// Log and apply `rec` under the trees lock `t` (so a caller can look
+    /// the trees up and commit in one hold).
+    pub(crate) async fn commit_locked(&self, t: &mut Trees<D>, rec: Record) -> Result<()> {
         self.check_ok()?;
         self.admit(&rec)?;
         let seq = {
@@ -51,13 +71,17 @@ impl<D: BlockDev> Zone<D> {
             st.pending.push((s, rec.clone()));
             s
         };
-        if let Err(e) = self.apply(&mut t, seq, &rec, true).await {
+        if let Err(e) = self.apply(t, seq, &rec, true).await {
             // The record is logged but only half applied: stop the zone;
             // reopening replays the log over the last checkpoint.
             self.fail(&e);
             return Err(e);
         }
-        drop(t);
+        Ok(())
+    }
+
+    /// Group commit: write the log once enough records are pending.
+    pub(crate) async fn flush_if_full(&self) -> Result<()> {
         let n = self.st.borrow().pending.len();
         if n >= self.cfg.max_pending_records {
             self.flush().await?;
@@ -76,6 +100,11 @@ impl<D: BlockDev> Zone<D> {
     ) -> Result<()> {
         match *rec {
             Record::Map { vol, chunk, ext } => {
+                // Fresh blocks only: data is never written over live blocks,
+                // so a record naming referenced ones means a bitmap or log
+                // gone wrong, and its refcounts would be too.
+                self.check_bitmap(&ext, false, vol, chunk, "is mapped to")?;
+                let n = ext.nblk as u32;
                 let old = t.lmap.insert(LmapRec { vol, chunk, ext }).await?;
                 if let Some(o) = old {
                     self.unlink(t, seq, vol, chunk, o.ext, live).await?;
@@ -83,20 +112,20 @@ impl<D: BlockDev> Zone<D> {
                 t.rmap
                     .insert(RmapRec {
                         pblk: ext.pblk,
-                        count: ext.nblk as u32,
+                        count: n,
                         owner: vol as u64,
                         offset: chunk,
                         flags: 0,
                     })
                     .await?;
                 let mut st = self.st.borrow_mut();
-                st.committed.set_range(ext.pblk, ext.nblk as u32);
+                st.committed.set_range(ext.pblk, n);
                 if !live {
-                    st.alloc.set_range(ext.pblk, ext.nblk as u32);
+                    st.alloc.set_range(ext.pblk, n);
                 }
                 st.counters.mapped_chunks += 1;
                 st.counters.logical_bytes += ext.chunk_size();
-                st.counters.data_blocks += ext.nblk as u64;
+                st.counters.data_blocks += n as u64;
                 st.space.mapped(vol, chunk, &ext);
             }
             Record::Unmap { vol, chunk } => {
@@ -114,12 +143,20 @@ impl<D: BlockDev> Zone<D> {
                     self.unlink(t, seq, vol, r.chunk, r.ext, live).await?;
                 }
             },
+            Record::Share { src, dst, from, to } => {
+                self.apply_share(t, src, dst, from, to).await?;
+            }
         }
         Ok(())
     }
 
-    /// Drop the reverse mapping and space of an extent that (vol, chunk) no
-    /// longer uses.
+    /// Drop the reverse mapping and one reference of an extent that
+    /// (vol, chunk) no longer uses; free the blocks no one references any
+    /// more (all of them unless the extent is shared).
+    ///
+    /// `data_blocks` counts physical blocks in use, so it drops only by
+    /// what is freed; the chunk counts and the volume's own space drop by
+    /// the whole extent (each sharer counts it).
     async fn unlink(
         &self,
         t: &mut Trees<D>,
@@ -141,23 +178,80 @@ impl<D: BlockDev> Zone<D> {
                 ),
             ));
         }
-        let mut st = self.st.borrow_mut();
         let n = e.nblk as u32;
-        st.committed.clear_range(e.pblk, n);
-        if live {
-            st.busy.push_back(Busy {
-                seq,
-                pblk: e.pblk,
-                nblk: n,
-            });
-        } else {
-            st.release(e.pblk, n);
+        // A reference dropped from a free block would take its count below
+        // zero: the maps and the bitmap disagree. Refuse before any count
+        // moves.
+        self.check_bitmap(&e, true, vol, chunk, "drops its reference to")?;
+        let freed = refcount::adjust(&mut t.refc, e.pblk, n, Delta::Dec).await?;
+        for &(pblk, len) in &freed {
+            // Count 0 means no owner is left; an rmap record still there
+            // means the refcount tree lost a reference (freeing would hand
+            // live data to the allocator).
+            let hi = pblk + len - 1;
+            let (lo, hi) = ((pblk, 0, 0), (hi, u64::MAX, u64::MAX));
+            if let Some(r) = t.rmap.query_overlap(&lo, &hi, None, 1).await?.first() {
+                return Err(Error::corrupt(
+                    Structure::BtreeNode,
+                    self.geo.abs(self.idx, pblk),
+                    format!(
+                        "zone {}: blocks {pblk}+{len} fell to no references, but {} chunk {} \
+                         still maps block {}",
+                        self.idx,
+                        owner::name(r.owner),
+                        r.offset,
+                        r.pblk
+                    ),
+                ));
+            }
+        }
+        let mut st = self.st.borrow_mut();
+        for &(pblk, len) in &freed {
+            st.committed.clear_range(pblk, len);
+            if live {
+                st.busy.push_back(Busy {
+                    seq,
+                    pblk,
+                    nblk: len,
+                });
+            } else {
+                st.release(pblk, len);
+            }
+            st.counters.data_blocks -= len as u64;
         }
         st.counters.mapped_chunks -= 1;
         st.counters.logical_bytes -= e.chunk_size();
-        st.counters.data_blocks -= n as u64;
         st.space.unmapped(vol, chunk, &e);
         Ok(())
+    }
+
+    /// Every block of `e`, which (vol, chunk) names, is referenced in the
+    /// bitmap (`referenced`: an extent already mapped) or none is (a fresh
+    /// one); else corruption naming the first block that is not, `what`
+    /// saying what (vol, chunk) was doing with it.
+    pub(super) fn check_bitmap(
+        &self,
+        e: &ChunkExtent,
+        referenced: bool,
+        vol: u32,
+        chunk: u64,
+        what: &str,
+    ) -> Result<()> {
+        let st = self.st.borrow();
+        let Some(b) = (e.pblk..e.pblk + e.nblk as u32).find(|&b| st.committed.get(b) != referenced)
+        else {
+            return Ok(());
+        };
+        let is = if referenced { "free" } else { "in use" };
+        Err(Error::corrupt(
+            Structure::Bitmap,
+            self.geo.abs(self.idx, b),
+            format!(
+                "zone {}: {} chunk {chunk} {what} block {b}, which the bitmap says is {is}",
+                self.idx,
+                owner::name(vol as u64)
+            ),
+        ))
     }
 
     /// Make every change committed so far durable (NBD FLUSH).
@@ -352,7 +446,7 @@ impl<D: BlockDev> Zone<D> {
             applied_seq: applied,
             lmap_root: root(t.lmap.root()),
             rmap_root: root(t.rmap.root()),
-            refc_root: RootPtr::default(),
+            refc_root: root(t.refc.root()),
             bitmap_crc,
             counters,
         };

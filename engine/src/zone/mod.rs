@@ -11,15 +11,19 @@
 //! - `bounds`: volume ends the zone enforces after a resize, and its share
 //!   of a shrink.
 //! - `space`: the per-volume space table (mapped chunks and data blocks).
+//! - `share`: sharing one volume's chunks with another in bounded steps
+//!   (the reflink primitive under snapshots and clones).
 
 mod bounds;
 mod check;
 mod io;
 mod log;
 mod recovery;
+mod share;
 mod space;
 
-pub use check::Problem;
+pub use check::{Problem, TreeRecords};
+pub(crate) use share::check_share;
 pub use space::VolumeSpace;
 
 use crate::bitmap::Bitmap;
@@ -29,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::format::{Geometry, ZoneCounters};
 use crate::intent_log::Record;
 use crate::lmap::Lmap;
+use crate::refcount::Refcount;
 use crate::rmap::Rmap;
 use crate::sync::{KeyedRwLock, LocalMutex, Mutex};
 use std::cell::RefCell;
@@ -78,6 +83,8 @@ pub(crate) struct Busy {
 pub(crate) struct Trees<D: BlockDev> {
     pub lmap: Btree<Lmap, DevTarget<D>>,
     pub rmap: Btree<Rmap, DevTarget<D>>,
+    /// Counts of shared data blocks (only counts >= 2; see `refcount`).
+    pub refc: Btree<Refcount, DevTarget<D>>,
 }
 
 /// A zone's mutable bookkeeping: the allocator bitmaps, busy blocks, the

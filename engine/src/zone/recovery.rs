@@ -97,6 +97,7 @@ impl<D: BlockDev> Zone<D> {
         let mut trees = Trees {
             lmap: Btree::create(meta.clone()).await?,
             rmap: Btree::create(meta.clone()).await?,
+            refc: Btree::create(meta.clone()).await?,
         };
         for (pblk, count, own) in geo.special_regions() {
             trees
@@ -157,9 +158,18 @@ impl<D: BlockDev> Zone<D> {
             blk: r.blk,
             height: r.height,
         };
+        // Zones checkpointed before the refcount tree existed have a zeroed
+        // root slot (a real root has height >= 1): no block of theirs is
+        // shared, so their tree is a new empty one, persisted by the
+        // checkpoint that ends this open (docs/decisions.md).
+        let refc = match sb.refc_root.height {
+            0 => Btree::create(meta.clone()).await?,
+            _ => Btree::open(meta.clone(), root(sb.refc_root)),
+        };
         let trees = Trees {
             lmap: Btree::open(meta.clone(), root(sb.lmap_root)),
             rmap: Btree::open(meta.clone(), root(sb.rmap_root)),
+            refc,
         };
         let st = Self::fresh_state(
             &geo,
