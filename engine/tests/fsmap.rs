@@ -76,17 +76,36 @@ fn one_call(pool: &Pool<MemDev>, start: u64, end: Option<u64>) -> Vec<FsmapRecor
     recs
 }
 
+/// Walk the window page by page, each page after the last record of the
+/// one before; every page holds at most `page` records.
 fn paged(pool: &Pool<MemDev>, start: u64, end: Option<u64>, page: usize) -> Vec<FsmapRecord> {
+    let mut all: Vec<FsmapRecord> = Vec::new();
+    loop {
+        let q = FsmapQuery {
+            start,
+            end,
+            count: Some(page),
+            after: all.last().cloned(),
+        };
+        let got = block_on(pool.fsmap(&q)).unwrap();
+        assert!(
+            got.len() <= page,
+            "{} records in a page of {page}",
+            got.len()
+        );
+        if got.is_empty() {
+            break;
+        }
+        all.extend(got);
+    }
+    // The engine's own walk agrees.
     let cat = pool.catalog.catalog();
-    block_on(fsmap::pool_fsmap_all(
-        pool.geometry(),
-        &cat,
-        pool,
-        start,
-        end,
-        page,
-    ))
-    .unwrap()
+    let walk = fsmap::pool_fsmap_all(pool.geometry(), &cat, pool, start, end, page);
+    assert!(
+        block_on(walk).unwrap() == all,
+        "pool_fsmap_all, page {page}"
+    );
+    all
 }
 
 fn owner_key(r: &FsmapRecord) -> String {

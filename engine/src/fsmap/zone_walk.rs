@@ -55,7 +55,9 @@ pub async fn zone_fsmap<D: BlockDev>(z: &Zone<D>, q: &ZoneQuery) -> Result<Vec<Z
     }
     let lo = q.lo.max(g.data_start);
     if lo >= hi || w.full() {
-        return Ok(w.out);
+        let mut out = w.out;
+        out.truncate(q.limit);
+        return Ok(out);
     }
     // Start at the block `after` names: records and gaps that start before
     // it came earlier. A record that starts before it and is clipped to
