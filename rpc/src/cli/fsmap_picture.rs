@@ -339,7 +339,14 @@ mod tests {
         );
         assert_eq!(b[2].buckets[2], Some(Kind::Data));
         let m = text_map(&recs);
-        assert!(m.contains("   z0 |MMC.|"), "{m}");
+        let z0 = format!(
+            "   z0 |{}{}{}|",
+            "M".repeat(32),
+            "C".repeat(16),
+            ".".repeat(16)
+        );
+        assert!(m.contains(&z0), "{m}");
+        assert!(m.contains("legend: S shared, C compressed, D data, M metadata, . free"));
         let mut png_bytes = Vec::new();
         let (w, h) = write_png(&recs, &mut png_bytes).unwrap();
         assert_eq!((w, h), png_size(3));
