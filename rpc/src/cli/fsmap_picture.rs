@@ -1,7 +1,9 @@
 //! The occupancy picture of `sluice pool_get_fsmap`: one band per zone (and
 //! one for the pool header area), each cut into equal buckets of blocks, a
-//! bucket shown as the kind of block most of it holds: data, shared,
-//! compressed, metadata (every special owner but free) or free. As a PNG
+//! bucket shown as the first kind of block it holds in the order shared,
+//! compressed, data, metadata (every special owner but free), free: a few
+//! blocks of volume data in a bucket of free space still show, as on a
+//! defragmenter's map. As a PNG
 //! (`--picture FILE.png`, encoded by the `png` crate) with zone labels and
 //! a legend drawn in a small built-in pixel font, or as text (`--map`),
 //! a character per bucket.
@@ -13,7 +15,7 @@ use sluice_engine::fsmap::{FsmapOwner, FsmapRecord, Special};
 use std::fmt::Write as _;
 use std::io::Write;
 
-/// Kinds of blocks, in the order a tie in a bucket is decided.
+/// Kinds of blocks, in the order a bucket holding several shows one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Shared,
@@ -137,9 +139,8 @@ pub fn bands(recs: &[FsmapRecord], width: usize) -> Vec<Band> {
             buckets: cs
                 .iter()
                 .map(|c| {
-                    // Most blocks wins; ties go to the earlier kind.
-                    let best = (0..5).max_by_key(|&k| (c[k], 5 - k))?;
-                    (c[best] > 0).then_some(KINDS[best])
+                    // The first kind present.
+                    (0..5).find(|&k| c[k] > 0).map(|k| KINDS[k])
                 })
                 .collect(),
         })
@@ -166,7 +167,7 @@ pub fn text_map(recs: &[FsmapRecord]) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "legend: {} (each cell: the kind most of its blocks are)",
+        "legend: {} (a cell shows the first of these its blocks hold)",
         legend.join(", ")
     );
     out
@@ -302,7 +303,7 @@ mod tests {
     }
 
     #[test]
-    fn bands_follow_superblocks_and_buckets_take_the_majority() {
+    fn bands_follow_superblocks_and_buckets_show_the_first_kind_present() {
         let sp = FsmapOwner::Special;
         let vol = FsmapOwner::Volume {
             name: "v".into(),
@@ -338,6 +339,22 @@ mod tests {
             ]
         );
         assert_eq!(b[2].buckets[2], Some(Kind::Data));
+        // One data block among free ones shows as data.
+        let mixed = [
+            rec(0, 2, sp(Special::PoolHeader), false),
+            rec(2, 10, sp(Special::Free), false),
+            rec(
+                12,
+                1,
+                FsmapOwner::Volume {
+                    name: "v".into(),
+                    offset: 0,
+                },
+                false,
+            ),
+            rec(13, 19, sp(Special::Free), false),
+        ];
+        assert_eq!(bands(&mixed, 1)[0].buckets, vec![Some(Kind::Data)]);
         let m = text_map(&recs);
         let z0 = format!(
             "   z0 |{}{}{}|",
