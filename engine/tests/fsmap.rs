@@ -96,6 +96,11 @@ fn paged(pool: &Pool<MemDev>, start: u64, end: Option<u64>, page: usize) -> Vec<
         if got.is_empty() {
             break;
         }
+        assert!(
+            all.last() != got.first(),
+            "page of {page} starts with the record it was to continue after: {:?}",
+            got[0]
+        );
         all.extend(got);
     }
     // The engine's own walk agrees.
