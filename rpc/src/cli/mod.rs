@@ -673,6 +673,24 @@ mod tests {
             json!({"pool": "p", "deep": true})
         );
         assert_eq!(request(&["pool_scrub"]).1, Value::Null);
+        // The picture and the map are the CLI's own: not sent.
+        assert_eq!(
+            request(&["pool_get_fsmap", "--start", "4G", "--count", "5", "--map"]),
+            ("pool_get_fsmap", json!({"start": 4u64 << 30, "count": 5}))
+        );
+        assert_eq!(
+            request(&[
+                "pool_get_fsmap",
+                "--pool",
+                "p",
+                "--end",
+                "1M",
+                "--picture",
+                "x.png"
+            ])
+            .1,
+            json!({"pool": "p", "end": 1 << 20})
+        );
     }
 
     #[test]
