@@ -14,6 +14,7 @@
 //! - [`zone`]: a zone's read/write paths, commit, checkpoint, recovery, scrub
 //! - [`volume`]: chunk geometry and placement of chunks on zones
 //! - [`zones`]: how the lifecycle reaches a pool's zones, wherever they live
+//! - [`fsmap`]: GETFSMAP, who owns every block of a pool, paged
 //! - [`lifecycle`]: create, delete, resize, usage, block status, check — once
 //! - [`pool`]: the whole pool on one thread (tools, tests, the crash simulator)
 
@@ -25,6 +26,7 @@ pub mod compress;
 pub mod dev;
 pub mod error;
 pub mod format;
+pub mod fsmap;
 pub mod intent_log;
 pub mod lifecycle;
 pub mod lmap;

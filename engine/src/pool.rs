@@ -9,6 +9,7 @@ use crate::buf::AlignedBuf;
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
 use crate::format::{Compression, Geometry, VolumeEntry};
+use crate::fsmap::{self, FsmapQuery, FsmapRecord};
 use crate::lifecycle::{self, PoolUsage};
 use crate::pool_catalog::PoolCatalog;
 use crate::volume::VolInfo;
@@ -223,6 +224,11 @@ impl<D: BlockDev> Pool<D> {
     /// Space each volume takes, by volume id ([`lifecycle::volume_space`]).
     pub async fn volume_space(&self) -> Result<HashMap<u32, VolumeSpace>> {
         lifecycle::volume_space(self).await
+    }
+
+    /// One page of GETFSMAP ([`fsmap::pool_fsmap`]).
+    pub async fn fsmap(&self, q: &FsmapQuery) -> Result<Vec<FsmapRecord>> {
+        fsmap::pool_fsmap(self.geometry(), &self.catalog.catalog(), self, q).await
     }
 
     /// Scrub every zone; `deep` also reads and verifies every chunk.

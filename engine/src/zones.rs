@@ -11,6 +11,8 @@
 use crate::dev::BlockDev;
 use crate::error::Result;
 use crate::format::ZoneCounters;
+use crate::fsmap::zone_walk::zone_fsmap;
+use crate::fsmap::{ZoneQuery, ZoneRec};
 use crate::volume::VolInfo;
 use crate::zone::{Problem, VolumeSpace, Zone, ZoneStats};
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ pub enum ZoneOp {
         vols: Arc<HashMap<u32, VolInfo>>,
         deep: bool,
     },
+    /// The zone's share of GETFSMAP ([`crate::fsmap`]).
+    Fsmap(ZoneQuery),
 }
 
 /// What a [`ZoneOp`] returns.
@@ -75,6 +79,7 @@ pub enum ZoneOut {
     /// (volume id, its space in the zone), by id.
     VolumeSpace(Vec<(u32, VolumeSpace)>),
     Problems(Vec<Problem>),
+    Fsmap(Vec<ZoneRec>),
 }
 
 /// One zone's share of the pool's usage report.
@@ -110,6 +115,7 @@ impl ZoneOp {
             ZoneOp::Check { vols, deep } => {
                 return Ok(ZoneOut::Problems(z.check(&vols, deep).await?))
             }
+            ZoneOp::Fsmap(q) => return Ok(ZoneOut::Fsmap(zone_fsmap(z, &q).await?)),
         }
         Ok(ZoneOut::Done)
     }

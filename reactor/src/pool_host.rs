@@ -16,6 +16,7 @@ use foldhash::{HashMap, HashMapExt};
 use futures::future::join_all;
 use sluice_engine::dev::DeviceLock;
 use sluice_engine::format::{probe_file, uuid_hex, Catalog, Geometry, Probe, VolumeEntry};
+use sluice_engine::fsmap::{self, FsmapQuery, FsmapRecord};
 use sluice_engine::lifecycle;
 use sluice_engine::volume::{ChunkSpan, VolInfo, WritePiece};
 use sluice_engine::{
@@ -608,6 +609,14 @@ impl PoolHost {
     /// every reactor asks its zones, in parallel. Blocking (control plane).
     pub fn volume_space(&self) -> Result<std::collections::HashMap<u32, VolumeSpace>> {
         self.control(|_, z| async move { lifecycle::volume_space(&z).await })
+    }
+
+    /// One page of GETFSMAP ([`fsmap::pool_fsmap`]): on reactor 0, which
+    /// has the catalog; each zone's share runs on the zone's owner through
+    /// the router. Blocking (control plane).
+    pub fn fsmap(&self, q: FsmapQuery) -> Result<Vec<FsmapRecord>> {
+        let geo = self.geo.clone();
+        self.control(move |m, z| async move { fsmap::pool_fsmap(&geo, &m.catalog(), &z, &q).await })
     }
 
     /// Zones each reactor owns.

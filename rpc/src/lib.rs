@@ -3,5 +3,6 @@
 pub mod cli;
 pub mod client;
 pub mod daemon;
+pub mod fsmap_json;
 pub mod jsonrpc;
 pub mod size;

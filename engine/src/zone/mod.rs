@@ -231,6 +231,12 @@ impl<D: BlockDev> Zone<D> {
         }
     }
 
+    /// The trees, locked: read-only walks that live outside this module
+    /// (GETFSMAP, `crate::fsmap`) see one consistent state under it.
+    pub(crate) async fn lock_trees(&self) -> crate::sync::MutexGuard<'_, Trees<D>> {
+        self.trees.lock().await
+    }
+
     /// Byte offset on the device of zone-relative block `rel`.
     #[inline]
     fn byte_off(&self, rel: u32) -> u64 {

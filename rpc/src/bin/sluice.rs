@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use serde_json::Value;
 use sluice_rpc::cli::daemon_exit::{self, DaemonProcess};
-use sluice_rpc::cli::{report, Cli, Command};
+use sluice_rpc::cli::{fsmap, fsmap_picture, report, Cli, Command};
 use sluice_rpc::client::{Client, ClientError};
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -30,6 +30,15 @@ fn main() -> ExitCode {
         .flatten();
     let result = Client::connect_to(&cli.socket, cli.call_timeout()).and_then(|mut client| {
         client.set_timeout(cli.call_timeout());
+        if matches!(cli.command, Command::PoolGetFsmap { .. }) {
+            // Every page, each after the last record of the one before.
+            return fsmap::fetch_all(&params, |p| client.call(method, p)).map(
+                |pages| match pages {
+                    Ok(all) => fsmap::json_result(all),
+                    Err(why) => serde_json::json!({ "error": why }),
+                },
+            );
+        }
         client.call(method, params)
     });
     match result {
@@ -80,7 +89,9 @@ fn wait_gone(cli: &Cli, daemon: Option<&DaemonProcess>) -> Result<(), daemon_exi
 }
 
 fn print(cli: &Cli, result: &Value) -> anyhow::Result<()> {
-    let text = if cli.json {
+    let text = if let Command::PoolGetFsmap { picture, map, .. } = &cli.command {
+        fsmap_text(cli.json, picture.as_deref(), *map, result)?
+    } else if cli.json {
         let mut s = serde_json::to_string_pretty(result).context("cannot format the result")?;
         s.push('\n');
         s
@@ -92,4 +103,47 @@ fn print(cli: &Cli, result: &Value) -> anyhow::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("cannot write to stdout"),
     }
+}
+
+/// What `pool_get_fsmap` prints: the raw records (`--json`), the PNG's
+/// summary line (`--picture`), the text map (`--map`), or else the table.
+fn fsmap_text(
+    json: bool,
+    picture: Option<&str>,
+    map: bool,
+    result: &Value,
+) -> anyhow::Result<String> {
+    if let Some(why) = result.get("error").and_then(Value::as_str) {
+        anyhow::bail!("{why}");
+    }
+    let all = result
+        .get("records")
+        .and_then(Value::as_array)
+        .context("no records in the answer")?;
+    let mut text = String::new();
+    if json {
+        text = serde_json::to_string_pretty(result).context("cannot format the result")? + "\n";
+    }
+    let recs = fsmap::decode(all).map_err(anyhow::Error::msg)?;
+    if let Some(path) = picture {
+        let file = std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
+        let mut out = io::BufWriter::new(file);
+        let (w, h) = fsmap_picture::write_png(&recs, &mut out)
+            .with_context(|| format!("cannot write the picture to {path}"))?;
+        out.flush()
+            .with_context(|| format!("cannot write {path}"))?;
+        if !json {
+            text += &format!(
+                "picture of {} records written to {path}: {w}x{h} pixels\n",
+                recs.len()
+            );
+        }
+    }
+    if map && !json {
+        text += &fsmap_picture::text_map(&recs);
+    }
+    if !json && !map && picture.is_none() {
+        text += &fsmap::table(&recs);
+    }
+    Ok(text)
 }

@@ -21,6 +21,8 @@
 //! * optional flags that are not given are omitted, so the daemon's defaults apply.
 
 pub mod daemon_exit;
+pub mod fsmap;
+pub mod fsmap_picture;
 pub mod output;
 pub mod report;
 
@@ -140,6 +142,33 @@ pub enum Command {
         /// Also read and decompress every chunk (slower; finds damaged data too).
         #[arg(long)]
         deep: bool,
+    },
+    /// Who owns every block of a pool, in physical order (GETFSMAP): printed like
+    /// `xfs_io -c 'fsmap -v'` (ranges in 512-byte units), every page fetched. With
+    /// --json the records as the daemon returns them; --picture draws the zones'
+    /// occupancy as a PNG; --map prints it as text, one line per zone.
+    #[command(name = "pool_get_fsmap", rename_all = "kebab-case")]
+    PoolGetFsmap {
+        /// Pool to map (default: the only pool).
+        #[arg(long)]
+        pool: Option<String>,
+        /// First byte of the range (rounded down to 4K; default 0).
+        #[arg(long, value_parser = parse_size)]
+        start: Option<u64>,
+        /// End of the range, exclusive (rounded up to 4K; default: the pool's end).
+        #[arg(long, value_parser = parse_size)]
+        end: Option<u64>,
+        /// Records per call (1..10000, default 1000); every page is fetched.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Write a PNG of the occupancy: one band per zone, colours for data,
+        /// shared, compressed, metadata and free space, legend at the bottom.
+        #[arg(long, value_name = "FILE.png")]
+        picture: Option<String>,
+        /// Print the occupancy as text instead of the table: a line per zone,
+        /// one character per bucket of blocks, with a legend.
+        #[arg(long)]
+        map: bool,
     },
     /// Close a pool: checkpoint it, stop its zones, release the device.
     PoolExport {
@@ -342,6 +371,20 @@ impl Command {
             PoolScrub { pool, deep } => {
                 ("pool_scrub", p.opt("pool", pool).flag("deep", deep).done())
             }
+            PoolGetFsmap {
+                pool,
+                start,
+                end,
+                count,
+                ..
+            } => (
+                "pool_get_fsmap",
+                p.opt("pool", pool)
+                    .opt("start", start)
+                    .opt("end", end)
+                    .opt("count", count)
+                    .done(),
+            ),
             PoolExport { name, force } => (
                 "pool_export",
                 p.set("name", name).flag("force", force).done(),
@@ -526,10 +569,11 @@ mod tests {
 
     /// What the daemon serves once issue 14's control surface is merged; the
     /// daemon-side comparison is `tests/cli_methods.rs`.
-    const METHODS: [&str; 22] = [
+    const METHODS: [&str; 23] = [
         "pool_create",
         "pool_import",
         "pool_get_pools",
+        "pool_get_fsmap",
         "pool_scrub",
         "pool_export",
         "pool_delete",
@@ -629,6 +673,24 @@ mod tests {
             json!({"pool": "p", "deep": true})
         );
         assert_eq!(request(&["pool_scrub"]).1, Value::Null);
+        // The picture and the map are the CLI's own: not sent.
+        assert_eq!(
+            request(&["pool_get_fsmap", "--start", "4G", "--count", "5", "--map"]),
+            ("pool_get_fsmap", json!({"start": 4u64 << 30, "count": 5}))
+        );
+        assert_eq!(
+            request(&[
+                "pool_get_fsmap",
+                "--pool",
+                "p",
+                "--end",
+                "1M",
+                "--picture",
+                "x.png"
+            ])
+            .1,
+            json!({"pool": "p", "end": 1 << 20})
+        );
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub fn report(command: &Command, result: &Value) -> String {
         }
         Shutdown => said("daemon stopped".to_string()),
         PoolGetPools
+        | PoolGetFsmap { .. }
         | VolumeGetVolumes { .. }
         | VolumeGetIostat { .. }
         | NbdGetExports

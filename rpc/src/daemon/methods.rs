@@ -3,12 +3,14 @@
 
 use super::logger::short_json;
 use super::{rpc_err, Daemon, ExportEntry};
+use crate::fsmap_json::{parse_record, record_json};
 use crate::jsonrpc::{parse_params, MethodTable, NoParams, RpcError, Shutdown};
 use crate::size::ByteSize;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sluice_engine::format::{probe_file, uuid_hex, Probe};
+use sluice_engine::fsmap::FsmapQuery;
 use sluice_engine::{Compression, VolumeSpace};
 use sluice_reactor::PoolHost;
 use std::path::PathBuf;
@@ -39,6 +41,17 @@ struct PoolArg {
     pool: Option<String>,
     #[serde(default)]
     deep: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FsmapArgs {
+    pool: Option<String>,
+    start: Option<ByteSize>,
+    end: Option<ByteSize>,
+    count: Option<usize>,
+    /// The last record of the previous page, as returned.
+    after: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -351,6 +364,25 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
             "clean": problems.is_empty(),
             "problems": problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         }))
+    });
+
+    let dd = d.clone();
+    reg.register_typed("pool_get_fsmap", move |p: FsmapArgs| {
+        let pool = dd.pool(p.pool.as_deref())?;
+        let after = match &p.after {
+            None => None,
+            Some(a) => {
+                Some(parse_record(a).map_err(|e| RpcError::invalid_params(format!("after: {e}")))?)
+            }
+        };
+        let q = FsmapQuery {
+            start: p.start.map_or(0, |s| s.bytes()),
+            end: p.end.map(|e| e.bytes()),
+            count: p.count,
+            after,
+        };
+        let recs = pool.fsmap(q).map_err(rpc_err)?;
+        Ok(json!({"records": recs.iter().map(record_json).collect::<Vec<_>>()}))
     });
 
     let dd = d.clone();
