@@ -3,6 +3,10 @@
 //! block status and the bytes on the device), the compressed flag, windows
 //! clipped, and paging with `after` equal to one big call.
 
+#[path = "data_common.rs"]
+mod data;
+
+use data::random;
 use futures::executor::block_on;
 use sluice_engine::dev::{BlockDev, MemDev};
 use sluice_engine::fsmap::{self, FsmapOwner, FsmapQuery, FsmapRecord, Special, MAX_COUNT};
@@ -13,18 +17,6 @@ use std::rc::Rc;
 const K: u64 = 1024;
 const M: u64 = 1024 * 1024;
 const BS: u64 = BLOCK_SIZE as u64;
-
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn compressible(seed: u64, len: usize) -> Vec<u8> {
     let r = random(seed, len);
@@ -359,4 +351,51 @@ fn bad_queries_are_refused() {
         offset: 0,
     };
     assert!(block_on(f.pool.fsmap(&q(0, None, None, Some(r)))).is_err());
+}
+
+/// Blocks shared by a reflink (`Pool::share`) show both owners, each record
+/// flagged shared exactly where another owner covers the same block; the
+/// volume records then add up to `data_bytes` plus one more copy of every
+/// shared block; paging agrees with one call.
+#[test]
+fn shared_blocks_show_every_owner_and_the_flag() {
+    let f = fixture();
+    let a2 = block_on(f.pool.create_volume_in_family("a2", f.a.size, &f.a)).unwrap();
+    // Chunks 256..1024 of a (1..4 MiB, with the discarded 256 KiB inside).
+    let shared = block_on(f.pool.share(&f.a, &a2, 256, 1024)).unwrap();
+    assert!(shared > 0);
+    block_on(f.pool.flush()).unwrap();
+    let size = f.pool.geometry().size_bytes();
+    let recs = one_call(&f.pool, 0, None);
+    let per = assert_covered(&recs, 0, size);
+    let mut both = 0u64;
+    for r in &recs {
+        for b in r.physical / BS..(r.physical + r.length) / BS {
+            let o = &per[b as usize];
+            let two = o.len() == 2;
+            assert_eq!(r.shared, two, "{r:?}: block {b} owners {o:?}");
+            if two {
+                let mut o = o.clone();
+                o.sort();
+                assert_eq!(o, ["v:a", "v:a2"]);
+            }
+        }
+        if let FsmapOwner::Volume { name, offset } = &r.owner {
+            if name == "a2" {
+                assert!((M..4 * M).contains(offset), "{r:?}");
+                assert!(r.shared, "{r:?}");
+                both += r.length;
+            }
+        }
+    }
+    assert_eq!(both, shared * f.a.chunk_size() as u64);
+    let data: u64 = recs
+        .iter()
+        .filter(|r| matches!(r.owner, FsmapOwner::Volume { .. }))
+        .map(|r| r.length)
+        .sum();
+    assert_eq!(data, f.pool.usage().data_bytes + both);
+    for page in [1, 2, 7, 64] {
+        assert!(paged(&f.pool, 0, None, page) == recs, "page {page}");
+    }
 }
