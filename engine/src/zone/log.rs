@@ -206,6 +206,33 @@ impl<D: BlockDev> Zone<D> {
             }
         }
         let mut st = self.st.borrow_mut();
+        // The counters come from the superblock: one that says fewer chunks
+        // or blocks than the trees hold would wrap here. Fail loudly, before
+        // any counter moves.
+        let freed_blocks: u64 = freed.iter().map(|&(_, len)| len as u64).sum();
+        let c = &st.counters;
+        let (Some(chunks), Some(logical), Some(blocks)) = (
+            c.mapped_chunks.checked_sub(1),
+            c.logical_bytes.checked_sub(e.chunk_size()),
+            c.data_blocks.checked_sub(freed_blocks),
+        ) else {
+            return Err(Error::corrupt(
+                Structure::Superblock,
+                self.geo.abs(self.idx, 0),
+                format!(
+                    "zone {}: counters ({} chunks, {} logical bytes, {} data blocks) are below \
+                     what unmapping {} chunk {chunk} takes away",
+                    self.idx,
+                    c.mapped_chunks,
+                    c.logical_bytes,
+                    c.data_blocks,
+                    owner::name(vol as u64)
+                ),
+            ));
+        };
+        st.counters.mapped_chunks = chunks;
+        st.counters.logical_bytes = logical;
+        st.counters.data_blocks = blocks;
         for &(pblk, len) in &freed {
             st.committed.clear_range(pblk, len);
             if live {
@@ -217,10 +244,7 @@ impl<D: BlockDev> Zone<D> {
             } else {
                 st.release(pblk, len);
             }
-            st.counters.data_blocks -= len as u64;
         }
-        st.counters.mapped_chunks -= 1;
-        st.counters.logical_bytes -= e.chunk_size();
         st.space.unmapped(vol, chunk, &e);
         Ok(())
     }
