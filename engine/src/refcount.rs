@@ -212,6 +212,27 @@ where
     Ok(lookup(tree, pblk).await? >= 2)
 }
 
+/// Whether any block of `start .. start + len` has a record (is shared).
+/// One `lookup_le`, no allocation: records do not overlap, so the one
+/// starting last at or before the range's end is the only candidate that
+/// can reach into it from the left, and any record starting inside the
+/// range starts at or after it.
+pub async fn any_shared<O, T>(tree: &mut Btree<O, T>, start: u32, len: u32) -> Result<bool>
+where
+    O: BtreeOps<Key = u32, Rec = RefcountRec>,
+    T: BufTarget,
+{
+    let end = range_end(start, len)?;
+    if len == 0 {
+        return Ok(false);
+    }
+    let last = (end - 1) as u32;
+    Ok(tree
+        .lookup_le(&last)
+        .await?
+        .is_some_and(|r| r.end() > start as u64))
+}
+
 /// The shared parts of blocks `start .. start + len`, in order, as
 /// `(start, len, refcount)` clipped to the range. Blocks not listed have
 /// count 1 (or are free).

@@ -11,7 +11,7 @@ use futures::executor::block_on;
 use proptest::prelude::*;
 use sluice_engine::btree::{Btree, BtreeOps, BufTarget, MemTarget};
 use sluice_engine::refcount::{
-    adjust, is_shared, lookup, shared_ranges, Delta, Refcount, RefcountRec,
+    adjust, any_shared, is_shared, lookup, shared_ranges, Delta, Refcount, RefcountRec,
 };
 use sluice_engine::Error;
 use std::rc::Rc;
@@ -229,6 +229,12 @@ fn run_ops<O: BtreeOps<Key = u32, Rec = RefcountRec>>(
             })
             .collect();
         prop_assert_eq!(got, want, "{}: shared_ranges {}+{}", &what, qs, ql);
+        // The write path's one-lookup test agrees, on the op's own range too.
+        for (s, l) in [(qs, ql), (o.start, o.len)] {
+            let any = block_on(any_shared(&mut tree, s, l)).expect("any_shared");
+            let want = model[s as usize..(s + l) as usize].iter().any(|&c| c >= 2);
+            prop_assert_eq!(any, want, "{}: any_shared {}+{}", &what, s, l);
+        }
     }
     // Enough records that nodes split.
     prop_assert!(max_height >= min_height, "tree only {} levels", max_height);

@@ -19,7 +19,7 @@ use crate::intent_log::{
     encode_block, ChunkExtent, LogBlockHeader, Record, LOG_HDR, MAX_BATCH_BLOCKS,
 };
 use crate::lmap::LmapRec;
-use crate::refcount::{self, Delta};
+use crate::refcount::{self, BlockRange, Delta};
 use crate::rmap::RmapRec;
 use futures::future::join_all;
 
@@ -183,14 +183,23 @@ impl<D: BlockDev> Zone<D> {
         // zero: the maps and the bitmap disagree. Refuse before any count
         // moves.
         self.check_bitmap(&e, true, vol, chunk, "drops its reference to")?;
-        let freed = refcount::adjust(&mut t.refc, e.pblk, n, Delta::Dec).await?;
-        for &(pblk, len) in &freed {
+        // The common case, an extent no one else references, takes no
+        // allocation: one lookup in the refcount tree, one in the rmap.
+        let shared = refcount::any_shared(&mut t.refc, e.pblk, n).await?;
+        let many;
+        let one;
+        let freed: &[BlockRange] = if shared {
+            many = refcount::adjust(&mut t.refc, e.pblk, n, Delta::Dec).await?;
+            &many
+        } else {
+            one = [(e.pblk, n)];
+            &one
+        };
+        for &(pblk, len) in freed {
             // Count 0 means no owner is left; an rmap record still there
             // means the refcount tree lost a reference (freeing would hand
             // live data to the allocator).
-            let hi = pblk + len - 1;
-            let (lo, hi) = ((pblk, 0, 0), (hi, u64::MAX, u64::MAX));
-            if let Some(r) = t.rmap.query_overlap(&lo, &hi, None, 1).await?.first() {
+            if let Some(r) = self.rmap_owner_in(t, pblk, len, shared).await? {
                 return Err(Error::corrupt(
                     Structure::BtreeNode,
                     self.geo.abs(self.idx, pblk),
@@ -233,7 +242,7 @@ impl<D: BlockDev> Zone<D> {
         st.counters.mapped_chunks = chunks;
         st.counters.logical_bytes = logical;
         st.counters.data_blocks = blocks;
-        for &(pblk, len) in &freed {
+        for &(pblk, len) in freed {
             st.committed.clear_range(pblk, len);
             if live {
                 st.busy.push_back(Busy {
@@ -247,6 +256,36 @@ impl<D: BlockDev> Zone<D> {
         }
         st.space.unmapped(vol, chunk, &e);
         Ok(())
+    }
+
+    /// An rmap record over blocks `[pblk, pblk + len)`, if any. `exact`
+    /// walks every overlapping record; otherwise one `lookup_le` finds the
+    /// record starting last at or before the range's end, which is enough
+    /// for an extent the refcount tree says no one shares: other owners
+    /// of an extent map all of it (shares are whole extents, allocations
+    /// disjoint), so theirs starts at the same block. The write path stays
+    /// free of allocations.
+    async fn rmap_owner_in(
+        &self,
+        t: &mut Trees<D>,
+        pblk: u32,
+        len: u32,
+        exact: bool,
+    ) -> Result<Option<RmapRec>> {
+        let last = pblk + len - 1;
+        if exact {
+            let (lo, hi) = ((pblk, 0, 0), (last, u64::MAX, u64::MAX));
+            return Ok(t
+                .rmap
+                .query_overlap(&lo, &hi, None, 1)
+                .await?
+                .first()
+                .copied());
+        }
+        Ok(t.rmap
+            .lookup_le(&(last, u64::MAX, u64::MAX))
+            .await?
+            .filter(|r| r.pblk as u64 + r.count as u64 > pblk as u64))
     }
 
     /// Every block of `e`, which (vol, chunk) names, is referenced in the
