@@ -32,12 +32,7 @@ fn main() -> ExitCode {
         client.set_timeout(cli.call_timeout());
         if matches!(cli.command, Command::PoolGetFsmap { .. }) {
             // Every page, each after the last record of the one before.
-            return fsmap::fetch_all(&params, |p| client.call(method, p)).map(
-                |pages| match pages {
-                    Ok(all) => fsmap::json_result(all),
-                    Err(why) => serde_json::json!({ "error": why }),
-                },
-            );
+            return fsmap::fetch_all(&params, |p| client.call(method, p));
         }
         client.call(method, params)
     });
@@ -113,13 +108,10 @@ fn fsmap_text(
     map: bool,
     result: &Value,
 ) -> anyhow::Result<String> {
-    if let Some(why) = result.get("error").and_then(Value::as_str) {
-        anyhow::bail!("{why}");
-    }
     let all = result
         .get("records")
         .and_then(Value::as_array)
-        .context("no records in the answer")?;
+        .with_context(|| format!("the daemon answered {result} without \"records\""))?;
     let mut text = String::new();
     if json {
         text = serde_json::to_string_pretty(result).context("cannot format the result")? + "\n";

@@ -7,13 +7,14 @@ use serde_json::{json, Value};
 use sluice_engine::fsmap::{FsmapOwner, FsmapRecord};
 use std::fmt::Write;
 
-/// Every record of the range: one call per page, each continuing after
-/// the last record of the one before, until a page comes back empty.
-/// `call` sends one `pool_get_fsmap` with the given params.
+/// Every record of the range, as one `{"records": [...]}` answer: one call
+/// per page, each continuing after the last record of the one before,
+/// until a page comes back empty. A page without records is returned as it
+/// came, for the printer to refuse. `call` sends one `pool_get_fsmap`.
 pub fn fetch_all<E>(
     params: &Value,
     mut call: impl FnMut(Value) -> Result<Value, E>,
-) -> Result<Result<Vec<Value>, String>, E> {
+) -> Result<Value, E> {
     let mut all: Vec<Value> = Vec::new();
     loop {
         let mut p = match params {
@@ -25,12 +26,10 @@ pub fn fetch_all<E>(
         }
         let page = call(Value::Object(p))?;
         let Some(recs) = page.get("records").and_then(Value::as_array) else {
-            return Ok(Err(format!(
-                "the daemon answered {page} without \"records\""
-            )));
+            return Ok(page);
         };
         if recs.is_empty() {
-            return Ok(Ok(all));
+            return Ok(json!({ "records": all }));
         }
         all.extend(recs.iter().cloned());
     }
@@ -42,11 +41,6 @@ pub fn decode(all: &[Value]) -> Result<Vec<FsmapRecord>, String> {
         .enumerate()
         .map(|(i, v)| parse_record(v).map_err(|e| format!("record {i}: {e}")))
         .collect()
-}
-
-/// What `--json` prints: every page's records as one result.
-pub fn json_result(all: Vec<Value>) -> Value {
-    json!({ "records": all })
 }
 
 const FLAG_SHARED: u32 = 0o100;
@@ -159,9 +153,8 @@ mod tests {
             sent.push(p);
             Ok(pages[sent.len() - 1].clone())
         })
-        .unwrap()
         .unwrap();
-        assert_eq!(got.len(), 3);
+        assert_eq!(got["records"].as_array().map(Vec::len), Some(3));
         assert_eq!(sent[0], json!({"pool": "p"}));
         assert_eq!(sent[1]["after"], rec(4096));
         assert_eq!(sent[2]["after"], rec(8192));
