@@ -132,14 +132,99 @@ pub async fn delete_volume<D: BlockDev, Z: Zones>(
     finish_delete(meta, zones, id).await
 }
 
-/// Finish every delete a crash interrupted (at open).
+/// Take a snapshot of `volume` named `name`: a read-only volume sharing
+/// every block `volume` maps at one point in time, with no data copied.
+///
+/// The point in time is when every zone has begun its share job
+/// ([`ZoneOp::ShareBegin`], no I/O, nothing logged): a write replied
+/// before the call is in the snapshot, one sent after it returns is not.
+/// The zones then fill the snapshot in bounded steps, in parallel; a write
+/// of `volume` meanwhile only first advances its zone's job past the chunk
+/// it changes. The snapshot is marked creating in the catalog until every
+/// zone's share is durable; a crash before that leaves it creating, and
+/// opening the pool deletes it (the call never returned).
+pub async fn snapshot_volume<D: BlockDev, Z: Zones>(
+    meta: &PoolCatalog<D>,
+    zones: &Z,
+    volume: &str,
+    name: &str,
+) -> Result<VolumeEntry> {
+    let _g = meta.lock_changes().await;
+    let src = meta.volume(volume)?;
+    let dst = meta.create_copy_of(&src, name, true).await?;
+    fill_copy(meta, zones, &src, dst).await
+}
+
+/// Make `name` a clone of `snapshot` (a read-only volume): a volume
+/// sharing every block of it, writable unless `read_only`. As
+/// [`snapshot_volume`], with a source nothing writes to.
+pub async fn clone_volume<D: BlockDev, Z: Zones>(
+    meta: &PoolCatalog<D>,
+    zones: &Z,
+    snapshot: &str,
+    name: &str,
+    read_only: bool,
+) -> Result<VolumeEntry> {
+    let _g = meta.lock_changes().await;
+    let src = meta.volume(snapshot)?;
+    if !src.read_only() {
+        return Err(Error::Invalid(format!(
+            "volume '{snapshot}' is writable: clone a snapshot of it \
+             (volume_snapshot), or set it read-only first"
+        )));
+    }
+    let dst = meta.create_copy_of(&src, name, read_only).await?;
+    fill_copy(meta, zones, &src, dst).await
+}
+
+/// Share every block of `src` into `dst` (just added, creating) in every
+/// zone, then mark `dst` complete. On failure the jobs are dropped and
+/// `dst` deleted (or left marked, for the next open to delete).
+async fn fill_copy<D: BlockDev, Z: Zones>(
+    meta: &PoolCatalog<D>,
+    zones: &Z,
+    src: &VolumeEntry,
+    dst: VolumeEntry,
+) -> Result<VolumeEntry> {
+    let (s, d) = (VolInfo::from_entry(src), VolInfo::from_entry(&dst));
+    let filled = async {
+        zones
+            .on_every_zone(ZoneOp::ShareBegin { src: s, dst: d })
+            .await?;
+        zones.on_every_zone(ZoneOp::ShareRun { dst: d.id }).await?;
+        meta.finish_creating(d.id).await
+    }
+    .await;
+    let err = match filled {
+        Ok(e) => return Ok(e),
+        Err(e) => e,
+    };
+    let undo = async {
+        zones.on_every_zone(ZoneOp::ShareEnd { dst: d.id }).await?;
+        meta.update(|c| {
+            entry_mut(c, d.id)?.flags |= VOL_DELETING;
+            Ok(())
+        })
+        .await?;
+        finish_delete(meta, zones, d.id).await
+    };
+    // Undoing fails only with a zone down or the catalog unwritable, both
+    // reported on their own (the zone in the pool's failed zones); `dst`
+    // stays marked, and the next open removes it. The caller needs the
+    // error that stopped the copy.
+    let _undone = undo.await;
+    Err(err)
+}
+
+/// Finish every delete a crash interrupted, and remove every snapshot or
+/// clone a crash left half made (at open).
 pub async fn finish_deletes<D: BlockDev, Z: Zones>(meta: &PoolCatalog<D>, zones: &Z) -> Result<()> {
     let _g = meta.lock_changes().await;
     let dying: Vec<u32> = meta
         .catalog()
         .volumes
         .iter()
-        .filter(|v| v.deleting())
+        .filter(|v| v.deleting() || v.creating())
         .map(|v| v.id)
         .collect();
     for id in dying {

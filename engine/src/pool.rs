@@ -91,7 +91,7 @@ impl<D: BlockDev> Pool<D> {
             .catalog()
             .volumes
             .into_iter()
-            .filter(|v| !v.deleting())
+            .filter(|v| v.live())
             .collect()
     }
 
@@ -151,6 +151,23 @@ impl<D: BlockDev> Pool<D> {
             n += z.share(src, dst, from, to).await?;
         }
         Ok(n)
+    }
+
+    /// A read-only snapshot of `volume` ([`lifecycle::snapshot_volume`]).
+    pub async fn snapshot_volume(&self, volume: &str, name: &str) -> Result<VolInfo> {
+        let e = lifecycle::snapshot_volume(&self.catalog, self, volume, name).await?;
+        Ok(VolInfo::from_entry(&e))
+    }
+
+    /// A clone of a snapshot ([`lifecycle::clone_volume`]).
+    pub async fn clone_volume(
+        &self,
+        snapshot: &str,
+        name: &str,
+        read_only: bool,
+    ) -> Result<VolInfo> {
+        let e = lifecycle::clone_volume(&self.catalog, self, snapshot, name, read_only).await?;
+        Ok(VolInfo::from_entry(&e))
     }
 
     pub async fn delete_volume(&self, name: &str) -> Result<()> {

@@ -5,7 +5,7 @@
 use crate::buf::{AlignedBuf, BLOCK_SIZE};
 use crate::dev::BlockDev;
 use crate::error::{Error, Result};
-use crate::format::catalog::{validate_name, VOL_READ_ONLY};
+use crate::format::catalog::{validate_name, VOL_CREATING, VOL_READ_ONLY};
 use crate::format::header::{FORMAT_VERSION, HEADER_BACKUP_BLK};
 use crate::format::{Catalog, Compression, Geometry, PoolHeader, VolumeEntry};
 use crate::sync::{LocalGuard, LocalMutex};
@@ -216,7 +216,7 @@ impl<D: BlockDev> PoolCatalog<D> {
         self.catalog
             .borrow()
             .find(name)
-            .filter(|v| !v.deleting())
+            .filter(|v| v.live())
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
     }
@@ -248,29 +248,75 @@ impl<D: BlockDev> PoolCatalog<D> {
         validate_name(name)?;
         let chunk_shift = chunk_shift_for(chunk_size)?;
         check_size(size)?;
+        let proto = VolumeEntry {
+            id: 0,
+            family: family.unwrap_or(0),
+            parent: 0,
+            flags: 0,
+            size,
+            chunk_shift,
+            compression,
+            name: name.to_string(),
+        };
+        self.add_volume(proto, family.is_none()).await
+    }
+
+    /// Add `name` as a copy of `src` to be filled by sharing its blocks (a
+    /// snapshot or clone): same family, size, chunk size and compression,
+    /// `src` as parent, marked creating until [`Self::finish_creating`].
+    pub async fn create_copy_of(
+        &self,
+        src: &VolumeEntry,
+        name: &str,
+        read_only: bool,
+    ) -> Result<VolumeEntry> {
+        let proto = VolumeEntry {
+            id: 0,
+            family: src.family,
+            parent: src.id,
+            flags: VOL_CREATING | if read_only { VOL_READ_ONLY } else { 0 },
+            size: src.size,
+            chunk_shift: src.chunk_shift,
+            compression: src.compression,
+            name: name.to_string(),
+        };
+        self.add_volume(proto, false).await
+    }
+
+    /// The volume made by [`Self::create_copy_of`] is complete: clear its
+    /// creating flag, durably.
+    pub async fn finish_creating(&self, id: u32) -> Result<VolumeEntry> {
         self.update(|c| {
-            if c.find(name).is_some() {
-                return Err(Error::Exists(format!("volume '{name}'")));
+            let e = entry_by_id(c, id)?;
+            e.flags &= !VOL_CREATING;
+            Ok(e.clone())
+        })
+        .await
+    }
+
+    /// Give `proto` the next id (and, with `own_family`, a family of its
+    /// own) and add it, its name checked and free.
+    async fn add_volume(&self, proto: VolumeEntry, own_family: bool) -> Result<VolumeEntry> {
+        validate_name(&proto.name)?;
+        self.update(|c| {
+            if c.find(&proto.name).is_some() {
+                return Err(Error::Exists(format!("volume '{}'", proto.name)));
             }
             let id = c.next_id;
             if id as u64 >= crate::format::owner::FIRST_SPECIAL.min(u32::MAX as u64) {
                 return Err(Error::NoSpace("volume ids exhausted".into()));
             }
-            if family.is_some_and(|f| f >= id) {
+            if !own_family && proto.family >= id {
                 return Err(Error::Invalid(format!(
-                    "family {family:?}: no volume with that id was made"
+                    "family {}: no volume with that id was made",
+                    proto.family
                 )));
             }
             c.next_id += 1;
             let v = VolumeEntry {
                 id,
-                family: family.unwrap_or(id),
-                parent: 0,
-                flags: 0,
-                size,
-                chunk_shift,
-                compression,
-                name: name.to_string(),
+                family: if own_family { id } else { proto.family },
+                ..proto
             };
             c.volumes.push(v.clone());
             Ok(v)
@@ -314,7 +360,7 @@ impl<D: BlockDev> PoolCatalog<D> {
 /// A volume that exists and is not being deleted.
 fn live<'a>(c: &'a Catalog, name: &str) -> Result<&'a VolumeEntry> {
     c.find(name)
-        .filter(|v| !v.deleting())
+        .filter(|v| v.live())
         .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
 }
 

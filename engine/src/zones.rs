@@ -68,6 +68,20 @@ pub enum ZoneOp {
     },
     /// The zone's share of GETFSMAP ([`crate::fsmap`]).
     Fsmap(ZoneQuery),
+    /// Start filling `dst` with what `src` maps now ([`Zone::share_begin`]):
+    /// the point in time of a snapshot or clone.
+    ShareBegin {
+        src: VolInfo,
+        dst: VolInfo,
+    },
+    /// Fill `dst` to the end, durably ([`Zone::share_run`]).
+    ShareRun {
+        dst: u32,
+    },
+    /// Give up filling `dst` ([`Zone::share_end`]).
+    ShareEnd {
+        dst: u32,
+    },
 }
 
 /// What a [`ZoneOp`] returns.
@@ -116,6 +130,11 @@ impl ZoneOp {
                 return Ok(ZoneOut::Problems(z.check(&vols, deep).await?))
             }
             ZoneOp::Fsmap(q) => return Ok(ZoneOut::Fsmap(zone_fsmap(z, &q).await?)),
+            ZoneOp::ShareBegin { src, dst } => z.share_begin(&src, &dst)?,
+            ZoneOp::ShareRun { dst } => {
+                z.share_run(dst).await?;
+            }
+            ZoneOp::ShareEnd { dst } => z.share_end(dst),
         }
         Ok(ZoneOut::Done)
     }

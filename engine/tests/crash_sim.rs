@@ -45,7 +45,7 @@ use sluice_engine::dev::{SimConfig, SimDev};
 use sluice_engine::error::Structure;
 use sluice_engine::format::{Geometry, PoolHeader};
 use sluice_engine::{Compression, Error, Pool, PoolOptions, VolInfo, ZoneConfig, BLOCK_SIZE};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
 const SECTOR: usize = 512;
@@ -117,7 +117,8 @@ impl VolModel {
 }
 
 struct Model {
-    vols: HashMap<String, VolModel>,
+    /// Ordered, so a seed replays the same choices.
+    vols: BTreeMap<String, VolModel>,
     kinds: HashMap<u64, Kind>,
     /// Volumes whose create/delete was in flight at the crash.
     uncertain: Vec<String>,
@@ -128,6 +129,8 @@ struct Model {
     violation: Option<String>,
     /// Space checks passed.
     space_checks: u64,
+    /// Snapshots and clones made.
+    copies: u64,
     /// Chunks shared by completed shares.
     shared_chunks: u64,
 }
@@ -183,6 +186,8 @@ struct Totals {
     resizes: Resizes,
     /// Metadata blocks damaged after a crash, by structure.
     damaged: HashMap<&'static str, u64>,
+    /// Snapshots and clones made.
+    copies: u64,
     /// Damaged B+tree nodes that recovery, a read or scrub reported.
     damage_reported: u64,
     /// Per-volume space checks passed (during workloads and after recovery).
@@ -265,7 +270,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
         .map_err(|e| format!("format: {e}"))?;
     let mut dev = dev;
     let mut m = Model {
-        vols: HashMap::new(),
+        vols: BTreeMap::new(),
         kinds: HashMap::new(),
         uncertain: vec![],
         next_w: 1,
@@ -273,6 +278,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
         resizes: Resizes::default(),
         violation: None,
         space_checks: 0,
+        copies: 0,
         shared_chunks: 0,
     };
     let fill = seed % 7 == 3;
@@ -363,6 +369,7 @@ fn episode(seed: u64, tot: &mut Totals) -> Result<(), String> {
         }
     }
     tot.space_checks += m.space_checks;
+    tot.copies += m.copies;
     tot.shared_chunks += m.shared_chunks;
     tot.resizes.grows += m.resizes.grows;
     tot.resizes.shrinks += m.resizes.shrinks;
@@ -403,6 +410,11 @@ fn verify(
             }
             return Err(format!("volume {name} vanished (have {names:?})"));
         };
+        if m.uncertain.contains(name) && info.id != vm.info.id {
+            // A snapshot or clone the crash left made: its id was not
+            // known before the call.
+            vm.info = info;
+        }
         if info.id != vm.info.id {
             return Err(format!(
                 "volume {name} has id {} not {}",
@@ -611,6 +623,22 @@ async fn step(
             let src = live[rng.gen_range(0..live.len())].clone();
             return share(pool, m, rng, &src, &format!("s{i}")).await;
         }
+        27..=29 if m.vols.len() < 5 => {
+            let src = live[rng.gen_range(0..live.len())].clone();
+            if !m.uncertain.contains(&src) {
+                return copy(pool, m, &src, &format!("p{i}"), false).await;
+            }
+        }
+        30..=31 if m.vols.len() < 5 => {
+            let snaps: Vec<&String> = live
+                .iter()
+                .filter(|n| m.vols[*n].info.read_only && !m.uncertain.contains(n))
+                .collect();
+            if let Some(&src) = snaps.get(rng.gen_range(0..snaps.len().max(1))) {
+                let src = src.clone();
+                return copy(pool, m, &src, &format!("c{i}"), true).await;
+            }
+        }
         21..=23 => {
             // Space as the commits keep it, then a scrub that compares
             // each zone's per-volume table with its trees.
@@ -629,8 +657,10 @@ async fn step(
                 return Err(Error::Invalid("scrub failed".into()));
             }
         }
-        _ if !live.is_empty() => {
-            let name = &live[rng.gen_range(0..live.len())];
+        _ if live.iter().any(|n| !m.vols[n].info.read_only) => {
+            let writable: Vec<&String> =
+                live.iter().filter(|n| !m.vols[*n].info.read_only).collect();
+            let name = writable[rng.gen_range(0..writable.len())];
             let (info, nsec) = {
                 let v = &m.vols[name];
                 (v.info, v.cands.len() as u64)
@@ -753,6 +783,59 @@ async fn share(
     }
 }
 
+/// Snapshot `src` as `dst` (or clone it, `clone`: `src` is a snapshot).
+/// `dst` then reads, every sector, as `src` held it at the call, forever;
+/// a crash or error before the call returns leaves it either so or gone.
+async fn copy(
+    pool: &Pool<SimDev>,
+    m: &mut Model,
+    src: &str,
+    dst: &str,
+    clone: bool,
+) -> Result<(), Error> {
+    let now: Vec<u64> = m.vols[src]
+        .cands
+        .iter()
+        .map(|c| *c.last().unwrap_or(&0))
+        .collect();
+    // Known before the call: a crash may leave the copy made (the
+    // catalog says so) even if the call did not return.
+    let e = if clone {
+        pool.volume(src)?
+    } else {
+        VolInfo {
+            read_only: true,
+            ..pool.volume(src)?
+        }
+    };
+    let mut v = VolModel::new(e);
+    for (c, w) in v.cands.iter_mut().zip(now) {
+        *c = vec![w];
+    }
+    m.uncertain.push(dst.to_string());
+    m.vols.insert(dst.to_string(), v);
+    let r = if clone {
+        pool.clone_volume(src, dst, false).await
+    } else {
+        pool.snapshot_volume(src, dst).await
+    };
+    let d = match r {
+        Ok(d) => d,
+        Err(Error::NoSpace(e)) => {
+            // Given up and removed (or marked for the next open to
+            // remove): the workload goes on without it.
+            m.vols.remove(dst);
+            return Err(Error::NoSpace(e));
+        }
+        // A crash: the copy is made or gone.
+        Err(e) => return Err(e),
+    };
+    m.uncertain.retain(|n| n != dst);
+    m.vols.get_mut(dst).expect("just added").info = d;
+    m.copies += 1;
+    Ok(())
+}
+
 /// Grow or shrink `name` to a random size (not always whole chunks), then,
 /// after a shrink, try I/O past the new end with the old size.
 async fn resize(
@@ -870,5 +953,6 @@ fn crash_simulator() {
             "no damaged node was reported: {tot:?}"
         );
         assert!(tot.shared_chunks > 0, "nothing was shared: {tot:?}");
+        assert!(tot.copies > 0, "no snapshot or clone was made: {tot:?}");
     }
 }

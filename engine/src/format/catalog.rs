@@ -13,6 +13,9 @@ pub const MAX_NAME: usize = 64;
 
 pub const VOL_DELETING: u32 = 1;
 pub const VOL_READ_ONLY: u32 = 2;
+/// A snapshot or clone whose blocks are still being shared into it: not
+/// usable, and deleted at open if a crash left it so.
+pub const VOL_CREATING: u32 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
@@ -73,6 +76,13 @@ impl VolumeEntry {
     }
     pub fn read_only(&self) -> bool {
         self.flags & VOL_READ_ONLY != 0
+    }
+    pub fn creating(&self) -> bool {
+        self.flags & VOL_CREATING != 0
+    }
+    /// Neither being created nor being deleted: a volume users can see.
+    pub fn live(&self) -> bool {
+        !self.deleting() && !self.creating()
     }
 }
 

@@ -27,7 +27,7 @@ pub mod probe;
 pub mod superblock;
 pub mod wipe;
 
-pub use catalog::{Catalog, Compression, VolumeEntry, VOL_DELETING, VOL_READ_ONLY};
+pub use catalog::{Catalog, Compression, VolumeEntry, VOL_CREATING, VOL_DELETING, VOL_READ_ONLY};
 pub use header::{Geometry, PoolHeader, FORMAT_VERSION};
 pub use probe::{probe, probe_file, uuid_hex, Probe};
 pub use superblock::{Superblock, ZoneCounters};

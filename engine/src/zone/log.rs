@@ -36,6 +36,9 @@ impl<D: BlockDev> Zone<D> {
     /// Log and apply one mapping change. Returns once it is applied in memory
     /// (not necessarily durable: that is what `flush` is for).
     pub(crate) async fn commit(&self, rec: Record) -> Result<()> {
+        if let Record::Map { vol, chunk, .. } | Record::Unmap { vol, chunk } = rec {
+            self.catch_up(vol, chunk).await?;
+        }
         self.reserve_meta(META_RESERVE).await?;
         let mut t = self.trees.lock().await;
         self.commit_locked(&mut t, rec).await?;

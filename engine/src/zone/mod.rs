@@ -124,6 +124,9 @@ pub(crate) struct ZoneState {
     space: space::SpaceTable,
     failed: Option<String>,
     stats: ZoneStats,
+    /// Running share jobs (snapshots and clones being filled), in memory
+    /// only: see `share`.
+    jobs: Vec<share::ShareJob>,
 }
 
 impl ZoneState {

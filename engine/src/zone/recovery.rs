@@ -77,6 +77,7 @@ impl<D: BlockDev> Zone<D> {
             space: Default::default(),
             failed: None,
             stats: ZoneStats::default(),
+            jobs: Vec::new(),
         }
     }
 

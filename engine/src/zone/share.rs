@@ -51,6 +51,24 @@ pub(crate) fn check_share(src: &VolInfo, dst: &VolInfo, from: u64, to: u64) -> R
     Ok(())
 }
 
+/// A snapshot or clone being filled in this zone: `dst` gets what `src`
+/// mapped here when the job began. Chunks below `next` are done. A `Map` or
+/// `Unmap` of `src` at a chunk at or past `next` first advances the job past
+/// that chunk ([`Zone::catch_up`]), so every chunk not yet shared still
+/// holds what it held when the job began: the point in time is the job's
+/// start, and no write of `src` waits for the rest of the copy.
+///
+/// In memory only. Its steps are ordinary `Share` records, which replay
+/// alone reproduces; a job a crash interrupts belongs to a volume the
+/// catalog still marks creating, deleted at open.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShareJob {
+    src: VolInfo,
+    dst: VolInfo,
+    next: u64,
+    end: u64,
+}
+
 impl<D: BlockDev> Zone<D> {
     /// Make `dst` map the same blocks as `src` for every chunk in
     /// `[from, to)` that `src` maps in this zone; returns how many chunks
@@ -65,43 +83,161 @@ impl<D: BlockDev> Zone<D> {
         if from >= to {
             return Ok(0);
         }
-        let last = to - 1;
         self.check_ok()?;
         {
             let mut t = self.trees.lock().await;
-            self.dst_unmapped(&mut t, dst.id, from, last).await?;
+            self.dst_unmapped(&mut t, dst.id, from, to - 1).await?;
         }
         let mut shared = 0u64;
         let mut cur = from;
         while cur < to {
             let cap = self.share_step_cap().await?;
             let mut t = self.trees.lock().await;
-            let recs = t
-                .lmap
-                .range(&(src.id, cur), &(src.id, last), cap + 1)
-                .await?;
-            let Some(first) = recs.first() else {
-                break;
-            };
-            let n = recs.len().min(cap);
-            // The step ends where the chunk it cannot take begins.
-            let end = recs.get(cap).map_or(to, |r| r.chunk);
-            let (a, b) = (first.chunk, recs[n - 1].chunk);
-            self.dst_unmapped(&mut t, dst.id, a, b).await?;
-            self.check_bytes(dst.id, b << dst.chunk_shift, 1)?;
-            let rec = Record::Share {
-                src: src.id,
-                dst: dst.id,
-                from: a,
-                to: b + 1,
-            };
-            self.commit_locked(&mut t, rec).await?;
+            let (n, next) = self.share_step(&mut t, src, dst, cur, to, cap).await?;
             drop(t);
             self.flush_if_full().await?;
-            shared += n as u64;
-            cur = end;
+            shared += n;
+            cur = next;
         }
         Ok(shared)
+    }
+
+    /// One step: share the first (at most `cap`) chunks `src` maps in
+    /// `[from, to)`, in one record committed in the same hold of the trees
+    /// lock as the lookup. Returns the chunks shared and where the next
+    /// step begins (`to` when the range is done).
+    async fn share_step(
+        &self,
+        t: &mut Trees<D>,
+        src: &VolInfo,
+        dst: &VolInfo,
+        from: u64,
+        to: u64,
+        cap: usize,
+    ) -> Result<(u64, u64)> {
+        let recs = t
+            .lmap
+            .range(&(src.id, from), &(src.id, to - 1), cap + 1)
+            .await?;
+        let Some(first) = recs.first() else {
+            return Ok((0, to));
+        };
+        let n = recs.len().min(cap);
+        // The step ends where the chunk it cannot take begins.
+        let next = recs.get(cap).map_or(to, |r| r.chunk);
+        let (a, b) = (first.chunk, recs[n - 1].chunk);
+        self.dst_unmapped(t, dst.id, a, b).await?;
+        self.check_bytes(dst.id, b << dst.chunk_shift, 1)?;
+        let rec = Record::Share {
+            src: src.id,
+            dst: dst.id,
+            from: a,
+            to: b + 1,
+        };
+        self.commit_locked(t, rec).await?;
+        Ok((n as u64, next))
+    }
+
+    /// Start filling `dst` with what `src` maps in this zone now (a
+    /// snapshot or clone). Nothing is logged: the steps are, as
+    /// [`Self::share_run`] and writes of `src` ([`Self::catch_up`]) take
+    /// them. `dst` must be new (mapping nothing).
+    pub fn share_begin(&self, src: &VolInfo, dst: &VolInfo) -> Result<()> {
+        let end = src.nchunks();
+        check_share(src, dst, 0, end)?;
+        self.check_ok()?;
+        let mut st = self.st.borrow_mut();
+        if st.jobs.iter().any(|j| j.dst.id == dst.id) {
+            return Err(Error::Exists(format!(
+                "zone {}: volume {} is already being filled",
+                self.idx, dst.id
+            )));
+        }
+        st.jobs.push(ShareJob {
+            src: *src,
+            dst: *dst,
+            next: 0,
+            end,
+        });
+        Ok(())
+    }
+
+    /// Run the job filling `dst` to its end, make it durable and drop it
+    /// (also when a step fails). Returns the chunks shared by this call.
+    pub async fn share_run(&self, dst: u32) -> Result<u64> {
+        let mut shared = 0;
+        let r = loop {
+            match self.job_step(dst).await {
+                Ok(Some(n)) => shared += n,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        self.share_end(dst);
+        r?;
+        self.flush().await?;
+        Ok(shared)
+    }
+
+    /// Drop the job filling `dst`, if there is one (a snapshot given up).
+    pub fn share_end(&self, dst: u32) {
+        self.st.borrow_mut().jobs.retain(|j| j.dst.id != dst);
+    }
+
+    /// Whether a job is filling `dst` here.
+    pub fn share_running(&self, dst: u32) -> bool {
+        self.st.borrow().jobs.iter().any(|j| j.dst.id == dst)
+    }
+
+    /// One step of the job filling `dst`; `None` once it is done or gone.
+    async fn job_step(&self, dst: u32) -> Result<Option<u64>> {
+        let cap = self.share_step_cap().await?;
+        let mut t = self.trees.lock().await;
+        let job = self
+            .st
+            .borrow()
+            .jobs
+            .iter()
+            .find(|j| j.dst.id == dst)
+            .copied();
+        let Some(j) = job.filter(|j| j.next < j.end) else {
+            return Ok(None);
+        };
+        let (n, next) = self
+            .share_step(&mut t, &j.src, &j.dst, j.next, j.end, cap)
+            .await?;
+        if let Some(j) = self
+            .st
+            .borrow_mut()
+            .jobs
+            .iter_mut()
+            .find(|j| j.dst.id == dst)
+        {
+            j.next = next;
+        }
+        drop(t);
+        self.flush_if_full().await?;
+        Ok(Some(n))
+    }
+
+    /// Before `(vol, chunk)` changes: advance every job filling from `vol`
+    /// that has not passed `chunk`, so it shares what the chunk held when
+    /// the job began. A write waits for at most the job's share of this
+    /// zone; with no job running this is one check of an empty list.
+    pub(super) async fn catch_up(&self, vol: u32, chunk: u64) -> Result<()> {
+        loop {
+            let behind = self
+                .st
+                .borrow()
+                .jobs
+                .iter()
+                .find(|j| j.src.id == vol && j.next <= chunk && j.next < j.end)
+                .map(|j| j.dst.id);
+            let Some(dst) = behind else {
+                return Ok(());
+            };
+            self.job_step(dst).await?;
+        }
     }
 
     /// Chunks the next share step may take: as many as the metadata area
