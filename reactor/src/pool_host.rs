@@ -357,7 +357,7 @@ impl PoolHost {
         self.catalog()
             .volumes
             .into_iter()
-            .find(|v| v.name == name && !v.deleting())
+            .find(|v| v.name == name && !v.deleting() && !v.creating())
             .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
     }
 
@@ -366,7 +366,11 @@ impl PoolHost {
         self.catalog
             .read()
             .ok()
-            .and_then(|c| c.by_id(id).filter(|v| !v.deleting()).cloned())
+            .and_then(|c| {
+                c.by_id(id)
+                    .filter(|v| !v.deleting() && !v.creating())
+                    .cloned()
+            })
             .ok_or_else(|| Error::NotFound(format!("volume {id}")))
     }
 
@@ -449,6 +453,22 @@ impl PoolHost {
     pub fn resize_volume(&self, name: &str, size: u64) -> Result<VolumeEntry> {
         let n = name.to_string();
         self.control(move |m, z| async move { lifecycle::resize_volume(&m, &z, &n, size).await })
+    }
+
+    /// Snapshot a volume ([`lifecycle::snapshot_volume`]): a read-only
+    /// volume `name` sharing every block `volume` holds now.
+    pub fn snapshot_volume(&self, volume: &str, name: &str) -> Result<VolumeEntry> {
+        let (v, n) = (volume.to_string(), name.to_string());
+        self.control(move |m, z| async move { lifecycle::snapshot_volume(&m, &z, &v, &n).await })
+    }
+
+    /// Clone a read-only volume ([`lifecycle::clone_volume`]): a volume
+    /// `name` sharing every block of `snapshot`, writable unless `read_only`.
+    pub fn clone_volume(&self, snapshot: &str, name: &str, read_only: bool) -> Result<VolumeEntry> {
+        let (s, n) = (snapshot.to_string(), name.to_string());
+        self.control(
+            move |m, z| async move { lifecycle::clone_volume(&m, &z, &s, &n, read_only).await },
+        )
     }
 
     /// Reactor owning zone `z`.

@@ -220,8 +220,8 @@ fn import_uses_the_default_name_from_the_help() {
 }
 
 /// The methods added for issue 14, from the CLI against the real daemon:
-/// rename, read-only, iostat reset, an ambiguous name, NBD server stop and
-/// start, pool export, import and delete. Each prints what it did, and the
+/// rename, read-only, snapshot and clone, iostat reset, an ambiguous name,
+/// NBD server stop and start, pool export, import and delete. Each prints what it did, and the
 /// daemon's state says it was done.
 #[test]
 fn lifecycle_subcommands_from_the_cli() {
@@ -273,6 +273,31 @@ fn lifecycle_subcommands_from_the_cli() {
         &["volume_set_read_only", "w", "false", "--pool", "pool0"],
     );
     assert!(out.starts_with("volume w is now writable\n"), "{out}");
+
+    // A snapshot and a read-only clone of it; the table names their parents.
+    let out = ok(&d, &["volume_snapshot", "w", "ws", "--pool", "pool0"]);
+    assert!(out.starts_with("volume w snapshotted as ws\n"), "{out}");
+    assert!(out.contains("read_only:") && out.contains("true"), "{out}");
+    let out = ok(
+        &d,
+        &["volume_clone", "ws", "wc", "--read-only", "--pool", "pool0"],
+    );
+    assert!(out.starts_with("volume ws cloned as wc\n"), "{out}");
+    let out = ok(&d, &["volume_get_volumes", "--pool", "pool0"]);
+    assert_table(&out, "NAME ");
+    assert!(out.lines().next().unwrap().ends_with("PARENT"), "{out}");
+    let parent_of = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_else(|| panic!("{name} in {out}"))
+            .to_string()
+    };
+    assert_eq!(
+        (parent_of("w"), parent_of("ws"), parent_of("wc")),
+        ("-".into(), "w".into(), "ws".into()),
+        "{out}"
+    );
 
     // iostat --reset prints the counters before the reset, then they are zero.
     let out = ok(

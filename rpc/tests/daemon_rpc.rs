@@ -26,6 +26,8 @@ fn every_method_and_error() {
         "volume_create",
         "volume_delete",
         "volume_resize",
+        "volume_snapshot",
+        "volume_clone",
         "volume_get_volumes",
         "volume_get_iostat",
         "nbd_server_start",

@@ -225,6 +225,33 @@ pub enum Command {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Snapshot a volume: a new read-only volume holding what VOLUME holds now.
+    /// No data is copied: the snapshot shares VOLUME's blocks, and a later write
+    /// to either takes new ones. Any of them can be deleted in any order.
+    VolumeSnapshot {
+        /// The volume to snapshot.
+        volume: String,
+        /// Name of the snapshot.
+        name: String,
+        /// Pool holding the volume (needed when several pools have one of that name).
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    /// Clone a snapshot (any read-only volume): a new volume sharing its blocks,
+    /// writable unless --read-only.
+    #[command(name = "volume_clone", rename_all = "kebab-case")]
+    VolumeClone {
+        /// The read-only volume to clone.
+        snapshot: String,
+        /// Name of the clone.
+        name: String,
+        /// Make the clone read-only too.
+        #[arg(long)]
+        read_only: bool,
+        /// Pool holding the snapshot (needed when several pools have one of that name).
+        #[arg(long)]
+        pool: Option<String>,
+    },
     /// Rename a volume; its exports follow the new name.
     VolumeRename {
         name: String,
@@ -244,7 +271,8 @@ pub enum Command {
         #[arg(long)]
         pool: Option<String>,
     },
-    /// List volumes.
+    /// List volumes, with the volume each snapshot or clone was made from
+    /// (PARENT; - when none, or when that volume is deleted).
     VolumeGetVolumes {
         /// Only this volume.
         #[arg(long)]
@@ -419,6 +447,26 @@ impl Command {
                     .opt("pool", pool)
                     .done(),
             ),
+            VolumeSnapshot { volume, name, pool } => (
+                "volume_snapshot",
+                p.set("volume", volume)
+                    .set("name", name)
+                    .opt("pool", pool)
+                    .done(),
+            ),
+            VolumeClone {
+                snapshot,
+                name,
+                read_only,
+                pool,
+            } => (
+                "volume_clone",
+                p.set("snapshot", snapshot)
+                    .set("name", name)
+                    .flag("read_only", read_only)
+                    .opt("pool", pool)
+                    .done(),
+            ),
             VolumeRename {
                 name,
                 new_name,
@@ -569,7 +617,7 @@ mod tests {
 
     /// What the daemon serves once issue 14's control surface is merged; the
     /// daemon-side comparison is `tests/cli_methods.rs`.
-    const METHODS: [&str; 23] = [
+    const METHODS: [&str; 25] = [
         "pool_create",
         "pool_import",
         "pool_get_pools",
@@ -580,6 +628,8 @@ mod tests {
         "volume_create",
         "volume_delete",
         "volume_resize",
+        "volume_snapshot",
+        "volume_clone",
         "volume_rename",
         "volume_set_read_only",
         "volume_get_volumes",
@@ -746,6 +796,34 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_and_clone_send_their_params() {
+        for (args, method, params) in [
+            (
+                &["volume_snapshot", "v", "s"][..],
+                "volume_snapshot",
+                json!({"volume": "v", "name": "s"}),
+            ),
+            (
+                &["volume_snapshot", "v", "s", "--pool", "p"],
+                "volume_snapshot",
+                json!({"volume": "v", "name": "s", "pool": "p"}),
+            ),
+            (
+                &["volume_clone", "s", "c"],
+                "volume_clone",
+                json!({"snapshot": "s", "name": "c"}),
+            ),
+            (
+                &["volume_clone", "s", "c", "--read-only", "--pool", "p"],
+                "volume_clone",
+                json!({"snapshot": "s", "name": "c", "read_only": true, "pool": "p"}),
+            ),
+        ] {
+            assert_eq!(request(args), (method, params), "{args:?}");
+        }
+    }
+
+    #[test]
     fn nbd_tls_flags_become_the_tls_object() {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(
@@ -815,6 +893,8 @@ mod tests {
             "volume_create",
             "volume_delete",
             "volume_resize",
+            "volume_snapshot",
+            "volume_clone",
             "volume_rename",
             "volume_set_read_only",
             "volume_get_volumes",
@@ -868,7 +948,10 @@ mod tests {
             &["volume_resize", "v"],
             &["no_such_method"],
             &["job_get", "1"],
-            &["volume_snapshot", "v", "s"],
+            &["volume_snapshot", "v"],
+            &["volume_snapshot", "v", "s", "extra"],
+            &["volume_clone", "s"],
+            &["volume_clone", "s", "c", "--read-only", "yes"],
             &["volume_set_read_only", "v"],
             &["volume_set_read_only", "v", "yes"],
             &["-t", "soon", "shutdown"],

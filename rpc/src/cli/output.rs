@@ -436,6 +436,18 @@ p0: zone 7 failed: EIO
     }
 
     #[test]
+    fn parent_names_and_none_in_the_volume_table() {
+        let vols = json!([
+            {"name": "vol0", "size": 1073741824u64, "read_only": false, "parent": null},
+            {"name": "snap", "size": 1073741824u64, "read_only": true, "parent": "vol0"},
+        ]);
+        assert_eq!(
+            render(&vols),
+            "NAME     SIZE  READ_ONLY  PARENT\nvol0  1.0 GiB  false      -\nsnap  1.0 GiB  true       vol0\n"
+        );
+    }
+
+    #[test]
     fn sizes_in_new_columns_are_human() {
         let vols = json!([{"name": "v", "size": 1073741824u64, "allocated_bytes": 3145728}]);
         assert_eq!(

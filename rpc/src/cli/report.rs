@@ -31,6 +31,12 @@ pub fn report(command: &Command, result: &Value) -> String {
         VolumeResize { name, size, .. } => {
             said_and_shown(format!("volume {name} resized to {}", format_size(*size)))
         }
+        VolumeSnapshot { volume, name, .. } => {
+            said_and_shown(format!("volume {volume} snapshotted as {name}"))
+        }
+        VolumeClone { snapshot, name, .. } => {
+            said_and_shown(format!("volume {snapshot} cloned as {name}"))
+        }
         VolumeRename { name, new_name, .. } => {
             said_and_shown(format!("volume {name} renamed to {new_name}"))
         }
@@ -155,6 +161,16 @@ mod tests {
         );
         assert!(report_of(&["volume_resize", "v2", "2G"], vol)
             .starts_with("volume v2 resized to 2.0 GiB\n"));
+        let snap = json!({"name": "s1", "pool": "p0", "read_only": true});
+        assert_eq!(
+            report_of(&["volume_snapshot", "v2", "s1"], snap.clone()),
+            "volume v2 snapshotted as s1\nname:      s1\npool:      p0\nread_only: true\n"
+        );
+        let clone = json!({"name": "c1", "pool": "p0", "read_only": false});
+        assert_eq!(
+            report_of(&["volume_clone", "s1", "c1", "--pool", "p0"], clone),
+            "volume s1 cloned as c1\nname:      c1\npool:      p0\nread_only: false\n"
+        );
         assert_eq!(
             report_of(&["pool_import", "/x/p.img"], json!({"name": "pool0"})),
             "pool pool0 imported from /x/p.img\nname: pool0\n"

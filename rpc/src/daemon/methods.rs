@@ -2,14 +2,14 @@
 //! Parameter names follow SPDK's style; sizes accept bytes or "4G" strings.
 
 use super::logger::short_json;
-use super::{rpc_err, Daemon, ExportEntry};
+use super::{listed, rpc_err, Daemon, ExportEntry};
 use crate::fsmap_json::{parse_record, record_json};
 use crate::jsonrpc::{parse_params, MethodTable, NoParams, RpcError, Shutdown};
 use crate::size::ByteSize;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sluice_engine::format::{probe_file, uuid_hex, Probe};
+use sluice_engine::format::{probe_file, uuid_hex, Catalog, Probe, VolumeEntry};
 use sluice_engine::fsmap::FsmapQuery;
 use sluice_engine::{Compression, VolumeSpace};
 use sluice_reactor::PoolHost;
@@ -76,6 +76,28 @@ struct VolumeName {
 struct VolumeResize {
     name: String,
     size: ByteSize,
+    pool: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeSnapshot {
+    /// The volume to snapshot.
+    volume: String,
+    /// Name of the new, read-only volume.
+    name: String,
+    pool: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeClone {
+    /// A read-only volume (a snapshot) to clone.
+    snapshot: String,
+    /// Name of the new volume.
+    name: String,
+    #[serde(default)]
+    read_only: bool,
     pool: Option<String>,
 }
 
@@ -173,12 +195,12 @@ fn pool_json(p: &PoolHost) -> Result<Value, RpcError> {
         "compression_ratio": (ratio * 1000.0).round() / 1000.0,
         "zones": r.zones,
         "zone_size": g.zone_blocks as u64 * 4096,
-        "volumes": p.catalog().volumes.iter().filter(|v| !v.deleting()).count(),
+        "volumes": p.catalog().volumes.iter().filter(|v| listed(v)).count(),
         "failed_zones": r.failed_zones.iter().map(|(z, why)| json!({"zone": z, "reason": why})).collect::<Vec<_>>(),
     }))
 }
 
-fn volume_json(pool: &str, v: &sluice_engine::format::VolumeEntry) -> Value {
+fn volume_json(pool: &str, v: &VolumeEntry) -> Value {
     json!({
         "name": v.name,
         "id": v.id,
@@ -193,12 +215,15 @@ fn volume_json(pool: &str, v: &sluice_engine::format::VolumeEntry) -> Value {
 /// A volume as `volume_get_volumes` lists it: [`volume_json`] plus its
 /// space, after `size`: `mapped_bytes` (logical bytes of its mapped chunks)
 /// and `allocated_bytes` (the 4 KiB data blocks those chunks occupy on the
-/// pool, x 4096). See docs/decisions.md, "Space".
-fn volume_listing(
-    pool: &str,
-    v: &sluice_engine::format::VolumeEntry,
-    space: &VolumeSpace,
-) -> Value {
+/// pool, x 4096; a block shared with other volumes counts for each of
+/// them), and `parent`: the name of the volume it was snapshotted or cloned
+/// from, `null` when it has none or that volume is gone. See
+/// docs/decisions.md, "Space".
+fn volume_listing(pool: &str, v: &VolumeEntry, space: &VolumeSpace, catalog: &Catalog) -> Value {
+    let parent = (v.parent != 0)
+        .then(|| catalog.by_id(v.parent).filter(|p| listed(p)))
+        .flatten()
+        .map(|p| p.name.clone());
     json!({
         "name": v.name,
         "id": v.id,
@@ -209,6 +234,7 @@ fn volume_listing(
         "chunk_size": v.chunk_size(),
         "compression": v.compression.name(),
         "read_only": v.read_only(),
+        "parent": parent,
     })
 }
 
@@ -300,11 +326,7 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
             p.path.display(),
             crate::size::format_size(host.geometry().size_bytes()),
             host.geometry().nzones,
-            host.catalog()
-                .volumes
-                .iter()
-                .filter(|v| !v.deleting())
-                .count()
+            host.catalog().volumes.iter().filter(|v| listed(v)).count()
         );
         slot.commit(host)?;
         dd.journal_pool(&name, &p.path);
@@ -421,6 +443,22 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
     });
 
     let dd = d.clone();
+    register_change(reg, "volume_snapshot", move |p: VolumeSnapshot| {
+        let pool = dd.pool_of_volume(p.pool.as_deref(), &p.volume)?;
+        let v = pool.snapshot_volume(&p.volume, &p.name).map_err(rpc_err)?;
+        Ok(volume_json(&pool.name, &v))
+    });
+
+    let dd = d.clone();
+    register_change(reg, "volume_clone", move |p: VolumeClone| {
+        let pool = dd.pool_of_volume(p.pool.as_deref(), &p.snapshot)?;
+        let v = pool
+            .clone_volume(&p.snapshot, &p.name, p.read_only)
+            .map_err(rpc_err)?;
+        Ok(volume_json(&pool.name, &v))
+    });
+
+    let dd = d.clone();
     register_change(reg, "volume_rename", move |p: VolumeRename| {
         let pool = dd.pool_of_volume(p.pool.as_deref(), &p.name)?;
         let v = pool.rename_volume(&p.name, &p.new_name).map_err(rpc_err)?;
@@ -445,20 +483,20 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
         };
         let mut out = Vec::new();
         for pool in &pools {
-            let picked: Vec<_> = pool
-                .catalog()
+            let catalog = pool.catalog();
+            let picked: Vec<_> = catalog
                 .volumes
-                .into_iter()
-                .filter(|v| !v.deleting() && p.name.as_ref().is_none_or(|n| n == &v.name))
+                .iter()
+                .filter(|v| listed(v) && p.name.as_ref().is_none_or(|n| n == &v.name))
                 .collect();
             if picked.is_empty() {
                 continue;
             }
             // One fan-out per pool: every zone reports all its volumes.
             let space = pool.volume_space().map_err(rpc_err)?;
-            for v in &picked {
+            for v in picked {
                 let s = space.get(&v.id).copied().unwrap_or_default();
-                out.push(volume_listing(&pool.name, v, &s));
+                out.push(volume_listing(&pool.name, v, &s, &catalog));
             }
         }
         if let (Some(n), true) = (&p.name, out.is_empty()) {
