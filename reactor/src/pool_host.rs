@@ -357,7 +357,7 @@ impl PoolHost {
         self.catalog()
             .volumes
             .into_iter()
-            .find(|v| v.name == name && !v.deleting() && !v.creating())
+            .find(|v| v.name == name && v.live())
             .ok_or_else(|| Error::NotFound(format!("volume '{name}'")))
     }
 
@@ -366,11 +366,7 @@ impl PoolHost {
         self.catalog
             .read()
             .ok()
-            .and_then(|c| {
-                c.by_id(id)
-                    .filter(|v| !v.deleting() && !v.creating())
-                    .cloned()
-            })
+            .and_then(|c| c.by_id(id).filter(|v| v.live()).cloned())
             .ok_or_else(|| Error::NotFound(format!("volume {id}")))
     }
 

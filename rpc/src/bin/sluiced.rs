@@ -338,7 +338,7 @@ fn banner(daemon: &Daemon, servers: &[ServerHandle], cores: &[usize]) {
             .catalog()
             .volumes
             .into_iter()
-            .filter(sluice_rpc::daemon::listed)
+            .filter(|v| v.live())
             .collect();
         log::info!(
             "pool '{}': {}, {} zones, {} volume(s), {}",

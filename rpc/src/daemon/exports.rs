@@ -396,7 +396,7 @@ impl Daemon {
         };
         let mut picked: Vec<(String, u32, String)> = Vec::new();
         for p in &pools {
-            for v in p.catalog().volumes.iter().filter(|v| super::listed(v)) {
+            for v in p.catalog().volumes.iter().filter(|v| v.live()) {
                 if name.is_none_or(|n| n == v.name) {
                     picked.push((p.name.clone(), v.id, v.name.clone()));
                 }

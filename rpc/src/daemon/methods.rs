@@ -2,7 +2,7 @@
 //! Parameter names follow SPDK's style; sizes accept bytes or "4G" strings.
 
 use super::logger::short_json;
-use super::{listed, rpc_err, Daemon, ExportEntry};
+use super::{rpc_err, Daemon, ExportEntry};
 use crate::fsmap_json::{parse_record, record_json};
 use crate::jsonrpc::{parse_params, MethodTable, NoParams, RpcError, Shutdown};
 use crate::size::ByteSize;
@@ -195,7 +195,7 @@ fn pool_json(p: &PoolHost) -> Result<Value, RpcError> {
         "compression_ratio": (ratio * 1000.0).round() / 1000.0,
         "zones": r.zones,
         "zone_size": g.zone_blocks as u64 * 4096,
-        "volumes": p.catalog().volumes.iter().filter(|v| listed(v)).count(),
+        "volumes": p.catalog().volumes.iter().filter(|v| v.live()).count(),
         "failed_zones": r.failed_zones.iter().map(|(z, why)| json!({"zone": z, "reason": why})).collect::<Vec<_>>(),
     }))
 }
@@ -221,7 +221,7 @@ fn volume_json(pool: &str, v: &VolumeEntry) -> Value {
 /// docs/decisions.md, "Space".
 fn volume_listing(pool: &str, v: &VolumeEntry, space: &VolumeSpace, catalog: &Catalog) -> Value {
     let parent = (v.parent != 0)
-        .then(|| catalog.by_id(v.parent).filter(|p| listed(p)))
+        .then(|| catalog.by_id(v.parent).filter(|p| p.live()))
         .flatten()
         .map(|p| p.name.clone());
     json!({
@@ -326,7 +326,7 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
             p.path.display(),
             crate::size::format_size(host.geometry().size_bytes()),
             host.geometry().nzones,
-            host.catalog().volumes.iter().filter(|v| listed(v)).count()
+            host.catalog().volumes.iter().filter(|v| v.live()).count()
         );
         slot.commit(host)?;
         dd.journal_pool(&name, &p.path);
@@ -487,7 +487,7 @@ pub fn register(reg: &mut MethodTable, d: &Arc<Daemon>, stop: Shutdown) {
             let picked: Vec<_> = catalog
                 .volumes
                 .iter()
-                .filter(|v| listed(v) && p.name.as_ref().is_none_or(|n| n == &v.name))
+                .filter(|v| v.live() && p.name.as_ref().is_none_or(|n| n == &v.name))
                 .collect();
             if picked.is_empty() {
                 continue;

@@ -37,12 +37,6 @@ pub fn rpc_err(e: EngineError) -> RpcError {
     }
 }
 
-/// Whether a catalog entry is a volume to show (and count, and export): not
-/// one being deleted, nor a snapshot or clone that has not finished.
-pub fn listed(v: &sluice_engine::format::VolumeEntry) -> bool {
-    !v.deleting() && !v.creating()
-}
-
 /// One NBD export: a volume of a pool under a name.
 #[derive(Debug, Clone)]
 pub struct ExportEntry {
