@@ -140,7 +140,7 @@ impl<D: BlockDev> Zone<D> {
 
     /// Start filling `dst` with what `src` maps in this zone now (a
     /// snapshot or clone). Nothing is logged: the steps are, as
-    /// [`Self::share_run`] and writes of `src` ([`Self::catch_up`]) take
+    /// [`Self::share_run`] and writes of `src` (`catch_up`) take
     /// them. `dst` must be new (mapping nothing).
     pub fn share_begin(&self, src: &VolInfo, dst: &VolInfo) -> Result<()> {
         let end = src.nchunks();
