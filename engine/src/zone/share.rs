@@ -66,7 +66,13 @@ pub(crate) struct ShareJob {
     src: VolInfo,
     dst: VolInfo,
     next: u64,
-    end: u64,
+}
+
+impl ShareJob {
+    /// Whether chunks are left to share (the job ends at `src`'s end).
+    fn open(&self) -> bool {
+        self.next < self.src.nchunks()
+    }
 }
 
 impl<D: BlockDev> Zone<D> {
@@ -143,8 +149,7 @@ impl<D: BlockDev> Zone<D> {
     /// [`Self::share_run`] and writes of `src` (`catch_up`) take
     /// them. `dst` must be new (mapping nothing).
     pub fn share_begin(&self, src: &VolInfo, dst: &VolInfo) -> Result<()> {
-        let end = src.nchunks();
-        check_share(src, dst, 0, end)?;
+        check_share(src, dst, 0, src.nchunks())?;
         self.check_ok()?;
         let mut st = self.st.borrow_mut();
         if st.jobs.iter().any(|j| j.dst.id == dst.id) {
@@ -157,7 +162,6 @@ impl<D: BlockDev> Zone<D> {
             src: *src,
             dst: *dst,
             next: 0,
-            end,
         });
         Ok(())
     }
@@ -200,11 +204,11 @@ impl<D: BlockDev> Zone<D> {
             .iter()
             .find(|j| j.dst.id == dst)
             .copied();
-        let Some(j) = job.filter(|j| j.next < j.end) else {
+        let Some(j) = job.filter(ShareJob::open) else {
             return Ok(None);
         };
         let (n, next) = self
-            .share_step(&mut t, &j.src, &j.dst, j.next, j.end, cap)
+            .share_step(&mut t, &j.src, &j.dst, j.next, j.src.nchunks(), cap)
             .await?;
         if let Some(j) = self
             .st
@@ -231,7 +235,7 @@ impl<D: BlockDev> Zone<D> {
                 .borrow()
                 .jobs
                 .iter()
-                .find(|j| j.src.id == vol && j.next <= chunk && j.next < j.end)
+                .find(|j| j.src.id == vol && j.next <= chunk && j.open())
                 .map(|j| j.dst.id);
             let Some(dst) = behind else {
                 return Ok(());
